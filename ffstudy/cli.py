@@ -1,0 +1,180 @@
+"""The ``ffstudy`` command line: each sub-command is a thin wrapper over one package function."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEMO_PROMPT = "a red star and a blue ring drift over a green meadow under a blue sky"
+
+
+def data_dir() -> Path:
+    """The course assets: ``$FFSTUDY_DATA`` or the ``data/`` folder of the repository checkout."""
+    path = Path(os.environ.get("FFSTUDY_DATA", Path(__file__).resolve().parents[1] / "data"))
+    if not path.is_dir():
+        raise FileNotFoundError(f"data folder {path} not found: run from a clone of the ffstudy repository "
+                                f"or set FFSTUDY_DATA to its data/ folder")
+    return path
+
+
+def _canvas(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--canvas {text!r}: use WIDTHxHEIGHT, e.g. 1280x720") from None
+    return width, height
+
+
+def _add_compose_args(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--foreground", "-f", action="append", required=required, metavar="PNG",
+                        help="a reference cut-out (RGBA); repeat for several, listed top to bottom")
+    parser.add_argument("--background", "-b", required=required, metavar="IMAGE", help="the clean background plate")
+    parser.add_argument("--layout", choices=("ffgo", "grid", "swapped"), default="ffgo",
+                        help="ffgo: objects stacked left, plate right (default); grid: objects in a grid; "
+                             "swapped: objects right")
+    parser.add_argument("--canvas", type=_canvas, default=(1280, 720), help="WIDTHxHEIGHT (default 1280x720)")
+    parser.add_argument("--no-crop", action="store_true", help="do not crop cut-outs to their alpha box")
+    parser.add_argument("--keep-background-aspect", action="store_true",
+                        help="keep the plate's aspect instead of FFGo's forced resize to the canvas aspect")
+
+
+def _compose(args):
+    from .compose import compose_first_frame
+
+    return compose_first_frame(args.foreground, args.background, canvas=args.canvas, layout=args.layout,
+                               crop_to_alpha=not args.no_crop, force_background_aspect=not args.keep_background_aspect)
+
+
+def _first_frame(args):
+    from .compose import Composite
+
+    if args.composite and args.foreground:
+        raise SystemExit("give either --composite or --foreground/--background, not both")
+    if args.composite:
+        path = Path(args.composite)
+        return Composite.load(path) if path.is_dir() else path
+    if not args.foreground or not args.background:
+        raise SystemExit("give --composite, or at least one --foreground and a --background")
+    return _compose(args)
+
+
+def _add_generate_args(parser: argparse.ArgumentParser, default_model: str | None) -> None:
+    parser.add_argument("--model", default=default_model, required=default_model is None,
+                        help="backbone name (see `ffstudy models`)")
+    parser.add_argument("--path", help="local diffusers folder holding the backbone's weights")
+    parser.add_argument("--frames", type=int, help="number of frames, 4k+1 (default: the backbone's)")
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps (paper: 50)")
+    parser.add_argument("--guidance", type=float, default=6.0, help="CFG scale for both experts (paper: 6.0)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--drop-first-frames", type=int, default=4,
+                        help="transition frames to cut (paper: 4 = the VAE's temporal stride)")
+    parser.add_argument("--with-transition", action="store_true", help="also save the uncut video")
+    parser.add_argument("--offload", choices=("model", "sequential"), help="CPU offload (CUDA only)")
+
+
+def _generate(args, first_frame, prompt: str, out: Path):
+    from .generate import generate
+    from .models import load_pipeline
+
+    pipe = load_pipeline(args.model, offload=args.offload, path=args.path)
+    video = generate(pipe, first_frame, prompt, num_frames=args.frames, height=args.height, width=args.width,
+                     num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+                     drop_first_frames=args.drop_first_frames)
+    paths = video.save(out, with_transition=args.with_transition)
+    if hasattr(first_frame, "save"):
+        first_frame.save(out / "first_frame")
+    return video, paths
+
+
+def cmd_compose(args) -> int:
+    composite = _compose(args)
+    composite.save(args.out)
+    print(f"wrote {Path(args.out) / 'composite.png'} ({composite.size[0]}x{composite.size[1]}, {args.layout})")
+    for entity in composite.entities:
+        b = entity.box
+        print(f"  {entity.name:<12} box x[{b.x0}, {b.x1}) y[{b.y0}, {b.y1})")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    video, paths = _generate(args, _first_frame(args), args.prompt, Path(args.out))
+    print(f"prompt: {video.prompt}")
+    print(f"{len(video.frames)} frames kept after dropping {len(video.transition)}; wrote:")
+    for path in paths.values():
+        print(f"  {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    data = data_dir()
+    args.foreground = [str(data / "references" / "red_star.png"), str(data / "references" / "blue_ring.png")]
+    args.background = str(data / "backgrounds" / "meadow.png")
+    args.canvas, args.layout, args.no_crop, args.keep_background_aspect = (1280, 720), "ffgo", False, False
+    args.composite = None
+    out = Path(args.out)
+    video, paths = _generate(args, _compose(args), DEMO_PROMPT, out)
+    print(f"demo on {args.model}: {video.prompt!r}")
+    print(f"{len(video.frames)} frames of {video.frames.shape[2]}x{video.frames.shape[1]} kept, "
+          f"{len(video.transition)} transition frames dropped; wrote:")
+    for path in paths.values():
+        print(f"  {path}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import list_backbones
+
+    for spec in list_backbones():
+        h, w = spec.default_size
+        print(f"{spec.name:<22} {w}x{h} x{spec.default_frames:<3} {spec.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ffstudy", description="FFGo: compose a first frame of references, "
+                                     "generate a video from it, and look inside the model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compose", help="compose an FFGo first frame from cut-outs and a background plate",
+                       description="Cut-outs go on the left (stacked, first on top), the plate on the right of a "
+                                   "white canvas. Writes composite.png, labels.png and composite.json (entity boxes).")
+    _add_compose_args(p, required=True)
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.set_defaults(func=cmd_compose)
+
+    p = sub.add_parser("generate", help="generate an FFGo video from a composite first frame",
+                       description="Prefixes the trigger phrase, samples with the paper's settings, drops the first "
+                                   "4 frames and writes video.mp4 (16 fps), composite.png and generation.json.")
+    p.add_argument("--composite", help="a composite PNG, or a folder written by `ffstudy compose`")
+    _add_compose_args(p, required=False)
+    p.add_argument("--prompt", "-p", required=True, help="the scene caption (the trigger is added if missing)")
+    _add_generate_args(p, default_model=None)
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="compose the bundled references and generate a video (CPU, seconds)",
+                       description="Composes data/references/{red_star,blue_ring}.png over "
+                                   "data/backgrounds/meadow.png and generates a video with the default backbone.")
+    _add_generate_args(p, default_model="tiny-wan2.2-i2v")
+    p.add_argument("--out", "-o", default="outputs/demo", help="output folder (default outputs/demo)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="list the registered backbones")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
+        print(f"ffstudy {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Backbone registry: one ``load_pipeline(name)`` for tiny test models, the real Wan checkpoints and SpriteWorld.
+
+Every entry is a real ``diffusers.WanImageToVideoPipeline``. The ``tiny-*`` entries are built from small configs
+with seeded random weights and an offline tokenizer, so tests and CPU notebooks run the same code paths as the
+real ``wan*`` checkpoints (two experts with ``boundary_ratio``, ``expand_timesteps``, a CLIP image encoder).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+class ModelNotAvailableError(RuntimeError):
+    """Raised when a backbone's weights are not on this machine and cannot be downloaded."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    family: str  # "wan2.2-i2v" (two experts), "wan2.2-ti2v" (one expert, expand_timesteps), "wan2.1-i2v"
+    description: str
+    default_size: tuple[int, int]  # (height, width) at the aspect the backbone was trained for
+    default_frames: int
+    spatial_factor: int  # pixels per token side: VAE stride x patch size
+    repo_id: str | None = None
+    builder: Callable[[], object] | None = field(default=None, repr=False)
+    local_dir: str | None = None
+    requirements: str = ""
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.builder is not None
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_backbones() -> list[BackboneSpec]:
+    return list(_REGISTRY.values())
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}; choose one of {sorted(_REGISTRY)}") from None
+
+
+# ----------------------------------------------------------------------------------------------- tiny models
+TINY_VOCABULARY = (
+    "ad23r2 the camera view suddenly changes. a an and with of on in over under near behind through across "
+    "red green blue yellow purple orange white black gray pink striped dotted checkered plain "
+    "cat dog ball box star circle square triangle ring heart cross diamond sprite robot hand cup "
+    "drift drifts move moves bounce bounces orbit orbits grow grows shrink shrinks fly flies roll rolls "
+    "meadow sky ground sea desert night city room kitchen gradient stripes noise field scene background "
+    "video person man woman play plays holding table floor wall light dark bright slowly quickly left right up down"
+)
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer trained in-process on a fixed corpus: deterministic and offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<pad>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([TINY_VOCABULARY] * 4, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=512)
+
+
+def tiny_text_encoder(tokenizer, d_model: int = 32):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1)
+    return UMT5EncoderModel(config).eval()
+
+
+def _tiny_transformer(in_channels=36, out_channels=16, text_dim=32, **extra):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=24, in_channels=in_channels,
+        out_channels=out_channels, text_dim=text_dim, freq_dim=256, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=1024, **extra).eval()
+
+
+def ffgo_scheduler(config=None, flow_shift: float = 5.0):
+    """The sampler FFGo uses: UniPC on flow-matching sigmas (Wan's solver), shift 5; ``config`` keeps the rest
+    of a checkpoint's scheduler settings."""
+    from diffusers import UniPCMultistepScheduler
+
+    settings = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
+    if config is None:
+        return UniPCMultistepScheduler(num_train_timesteps=1000, **settings)
+    return UniPCMultistepScheduler.from_config(config, **settings)
+
+
+def _build_tiny(family: str, seed: int = 0):
+    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    text_encoder = tiny_text_encoder(tokenizer)
+    parts = dict(tokenizer=tokenizer, text_encoder=text_encoder, scheduler=ffgo_scheduler(),
+                 image_encoder=None, image_processor=None)
+    if family == "wan2.2-ti2v":
+        vae = AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+                               scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
+                               dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+        return WanImageToVideoPipeline(vae=vae.eval(), transformer=_tiny_transformer(48, 48), transformer_2=None,
+                                       boundary_ratio=None, expand_timesteps=True, **parts)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True]).eval()
+    if family == "wan2.2-i2v":
+        return WanImageToVideoPipeline(vae=vae, transformer=_tiny_transformer(), transformer_2=_tiny_transformer(),
+                                       boundary_ratio=0.9, **parts)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                                     image_size=32, intermediate_size=16, patch_size=8)).eval()
+    parts.update(image_encoder=image_encoder, image_processor=CLIPImageProcessor(crop_size=32, size=32))
+    return WanImageToVideoPipeline(vae=vae, transformer=_tiny_transformer(image_dim=8, added_kv_proj_dim=48),
+                                   **parts)
+
+
+_WAN_DOWNLOAD = ("huggingface-cli download {repo} --local-dir <folder>, then load_pipeline('{name}', path='<folder>') "
+                 "or set FFSTUDY_MODEL_DIR=<parent folder>")
+
+for _name, _family, _desc in (
+    ("tiny-wan2.2-i2v", "wan2.2-i2v", "Wan2.2-I2V-A14B architecture in miniature: two experts, boundary_ratio 0.9"),
+    ("tiny-wan2.2-ti2v", "wan2.2-ti2v", "Wan2.2-TI2V-5B architecture in miniature: one expert, expand_timesteps"),
+    ("tiny-wan2.1-i2v", "wan2.1-i2v", "Wan2.1-I2V architecture in miniature: CLIP image encoder, one expert"),
+):
+    register_backbone(BackboneSpec(
+        _name, _family, _desc + " (random weights; for tests and code paths, not for results)",
+        default_size=(64, 112), default_frames=9, spatial_factor=32 if _family == "wan2.2-ti2v" else 16,
+        builder=(lambda family=_family: _build_tiny(family))))
+
+register_backbone(BackboneSpec(
+    "wan2.2-i2v-a14b", "wan2.2-i2v", "Wan2.2-I2V-A14B, the backbone of the FFGo paper (two 14B experts)",
+    default_size=(720, 1280), default_frames=81, spatial_factor=16, repo_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+    requirements="about 2 x 28 GB of bf16 expert weights plus an 11 GB umT5-XXL text encoder on disk; 720p x 81 "
+                 "frames needs an H200 (141 GB) or model CPU offload on an 80 GB GPU with >= 80 GB host RAM"))
+register_backbone(BackboneSpec(
+    "wan2.2-ti2v-5b", "wan2.2-ti2v", "Wan2.2-TI2V-5B (one 5B expert, 16x16 VAE)",
+    default_size=(704, 1280), default_frames=81, spatial_factor=32, repo_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+    requirements="about 10 GB of bf16 transformer weights plus the 11 GB text encoder; a 24 GB GPU with model "
+                 "CPU offload"))
+register_backbone(BackboneSpec(
+    "wan2.1-i2v-14b-480p", "wan2.1-i2v", "Wan2.1-I2V-14B-480P (one expert, CLIP image encoder)",
+    default_size=(480, 832), default_frames=81, spatial_factor=16, repo_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+    requirements="about 33 GB of bf16 transformer weights plus the 11 GB text encoder and CLIP; an 80 GB GPU, or "
+                 "model CPU offload on a 40 GB one"))
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def _resolve_local(spec: BackboneSpec, path: str | os.PathLike | None) -> str | None:
+    if path is not None:
+        return str(path)
+    if spec.local_dir is not None:
+        return spec.local_dir
+    root = os.environ.get("FFSTUDY_MODEL_DIR")
+    if root and spec.repo_id:
+        candidate = Path(root) / spec.repo_id.split("/")[-1]
+        if candidate.is_dir():
+            return str(candidate)
+    return None
+
+
+def _from_pretrained(spec: BackboneSpec, source: str, dtype: torch.dtype):
+    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
+
+    local = Path(source).exists()
+    if not local and spec.repo_id is None:
+        raise ModelNotAvailableError(f"backbone {spec.name!r}: folder {source} not found")
+    try:
+        # Wan's VAE is numerically fragile in bf16; the reference implementations keep it in fp32.
+        vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
+        pipe = WanImageToVideoPipeline.from_pretrained(source, vae=vae, torch_dtype=dtype)
+    except (OSError, ValueError) as error:  # missing files, offline hub, gated repo, partial download
+        how = _WAN_DOWNLOAD.format(repo=spec.repo_id, name=spec.name) if spec.repo_id else "check the folder"
+        offline = " (HF_HUB_OFFLINE is set, so nothing was downloaded)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise ModelNotAvailableError(
+            f"could not load backbone {spec.name!r} from {source}{offline}: {type(error).__name__}: {error}\n"
+            f"To use it, download the weights ({spec.requirements or 'see the model card'}): {how}") from error
+    return pipe
+
+
+def load_pipeline(name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                  offload: str | None = None, vae_tiling: bool = False, path: str | os.PathLike | None = None):
+    """Build or load backbone ``name`` as a ``WanImageToVideoPipeline`` with FFGo's sampler.
+
+    ``device``: where to put it (default: CUDA when available, else CPU). ``dtype``: float32 for tiny models,
+    bfloat16 for real weights by default. ``offload``: ``"model"`` or ``"sequential"`` CPU offload (CUDA only),
+    the way to fit the 14B experts on an 80 GB card. ``vae_tiling``: decode in tiles to save memory at 720p.
+    ``path``: a local diffusers folder to load instead of the hub repo.
+    """
+    if offload not in (None, "model", "sequential"):
+        raise ValueError(f"offload={offload!r}: use None, 'model' or 'sequential'")
+    if offload and not torch.cuda.is_available():
+        raise RuntimeError(f"offload={offload!r} needs a CUDA GPU and none is available; use offload=None on CPU")
+    spec = get_backbone(name)
+    if spec.is_tiny:
+        pipe = spec.builder()  # built in float32
+        if dtype not in (None, torch.float32):
+            pipe.to(dtype=dtype)
+    else:
+        pipe = _from_pretrained(spec, _resolve_local(spec, path) or spec.repo_id, dtype or torch.bfloat16)
+        pipe.scheduler = ffgo_scheduler(pipe.scheduler.config)
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    if offload == "model":
+        pipe.enable_model_cpu_offload()
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload()
+    else:
+        device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device.type == "cpu" and not spec.is_tiny and spec.local_dir is None:
+            warnings.warn(f"{name} on the CPU will take hours per video; use a CUDA GPU", stacklevel=2)
+        pipe.to(device)
+    pipe.ffstudy_backbone = spec  # lets generate/probe read the token geometry without guessing
+    return pipe
+
+
+def backbone_of(pipe) -> BackboneSpec | None:
+    return getattr(pipe, "ffstudy_backbone", None)
