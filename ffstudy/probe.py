@@ -1,0 +1,427 @@
+"""Attention probes: how later-frame tokens retrieve first-frame entities, exactly and in bounded memory.
+
+In Wan I2V the only route from first-frame content to later frames is full 3D self-attention (``attn1``;
+``shared/reference/ffgo-method.md`` §7). :class:`FirstFrameProbe` swaps in attention processors (diffusers'
+processor API) that compute exactly what the stock ``WanAttnProcessor`` computes — the model output stays
+bit-identical — and, for the conditional CFG branch, also record for every query token of latent frames ≥ 1:
+
+- the softmax mass it puts on latent frame 0, split by the composite's entities (cut-outs, background, white);
+- reverse maps: how strongly each first-frame token is read by each later frame.
+
+The softmax normaliser covers all keys: its log-sum-exp comes from the fused attention kernel that produced the
+output (checked bit-identical to the stock path once per device and dtype), or else from a chunked pass over the
+keys. Only first-frame key columns are ever materialised, one query chunk at a time, so extra memory is
+``heads × chunk × tokens_per_frame``, never ``tokens²``.
+
+A secondary probe on ``attn2`` records how much each video token attends to the trigger-phrase tokens.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
+
+from .generate import TRIGGER, with_trigger
+from .io import atomic_path, write_json
+
+WHOLE_FRAME = "frame_0"
+TEXT_PARTS = ("trigger", "caption", "padding")
+_HOOK_NAME = "ffstudy_probe"
+_TILE_BYTES = 256 * 2**20  # budget for one (heads x query chunk x keys) tile
+_KERNEL_MATCHES_STOCK: dict[tuple, bool] = {}
+
+
+# --------------------------------------------------------------------------------------------- attention math
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's rotary embedding on interleaved pairs, the same operations as ``WanAttnProcessor``."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+def _fused_attention_with_lse(q, k, v):
+    """(output (B,S,H,D), logsumexp (B,H,S) float32) from a fused SDPA kernel, or None where there is none."""
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    try:
+        if q.device.type == "cpu":
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)[:2]
+        elif q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16):
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, False, False)[:2]
+        elif q.device.type == "cuda":
+            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(qt, kt, vt, None, True)[:2]
+            lse = lse[..., : q.shape[1]]
+        else:
+            return None
+    except (RuntimeError, NotImplementedError):
+        return None
+    return out.transpose(1, 2), lse.float()
+
+
+def chunked_logsumexp(q: torch.Tensor, k: torch.Tensor, scale: float, chunk_k: int) -> torch.Tensor:
+    """Row log-sum-exp of ``scale · q kᵀ`` over all keys, one key chunk at a time. q: (H,c,D), k: (H,S,D)."""
+    lse = torch.full(q.shape[:-1], -torch.inf, device=q.device)
+    for start in range(0, k.shape[1], chunk_k):
+        logits = (q @ k[:, start:start + chunk_k].float().transpose(-1, -2)) * scale
+        lse = torch.logaddexp(lse, logits.logsumexp(-1))
+    return lse
+
+
+# --------------------------------------------------------------------------------------------- processors
+class FirstFrameProbeProcessor(WanAttnProcessor):
+    """``attn1`` processor: the stock computation plus first-frame retrieval records when the probe says so."""
+
+    def __init__(self, probe: "FirstFrameProbe", block: int):
+        super().__init__()
+        self.probe, self.block = probe, block
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        if self.probe._call is None or encoder_hidden_states is not None or attn.add_k_proj is not None:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+        if rotary_emb is not None:
+            query, key = _rope(query, *rotary_emb), _rope(key, *rotary_emb)
+        output, lse = self._attend(query, key, value, attention_mask)
+        self.probe._record_self_attention(self.block, query, key, lse)
+        output = output.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](output))
+
+    def _attend(self, query, key, value, attention_mask):
+        def stock():
+            return dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                         backend=self._attention_backend, parallel_config=self._parallel_config)
+
+        if attention_mask is None and self._parallel_config is None and self.probe.fused_lse:
+            check = (query.device.type, query.dtype, str(self._attention_backend))
+            if _KERNEL_MATCHES_STOCK.get(check, True):
+                fused = _fused_attention_with_lse(query, key, value)
+                if fused is not None and check not in _KERNEL_MATCHES_STOCK:
+                    _KERNEL_MATCHES_STOCK[check] = torch.equal(fused[0], stock())
+                if fused is not None and _KERNEL_MATCHES_STOCK[check]:
+                    return fused
+        return stock(), None
+
+
+class TextAttentionProbeProcessor(WanAttnProcessor):
+    """``attn2`` processor: the stock output, plus the attention mass on trigger / caption / padding tokens."""
+
+    def __init__(self, probe: "FirstFrameProbe", block: int):
+        super().__init__()
+        self.probe, self.block = probe, block
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        output = super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        if self.probe._call is not None and encoder_hidden_states is not None:
+            text = encoder_hidden_states
+            if attn.add_k_proj is not None:  # Wan2.1 I2V: image tokens first, then the 512 text tokens
+                text = text[:, text.shape[1] - 512:]
+            query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+            key = attn.norm_k(attn.to_k(text)).unflatten(2, (attn.heads, -1))
+            self.probe._record_text_attention(self.block, query, key)
+        return output
+
+
+class _BranchHook(ModelHook):
+    """A stateful diffusers hook: pipelines tell it the CFG branch via ``cache_context("cond" | "uncond")``."""
+
+    _is_stateful = True
+
+    def __init__(self, probe: "FirstFrameProbe", expert: str):
+        super().__init__()
+        self.probe, self.expert = probe, expert
+        self.branch = StateManager(dict)
+
+    def pre_forward(self, module, *args, **kwargs):
+        context = self.branch._context
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        self.probe._begin_call(self.expert, context.name if context is not None else "cond", hidden.shape,
+                               module.config.patch_size, float(torch.as_tensor(timestep).max()))
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        self.probe._call = None
+        return output
+
+    def reset_state(self, module):
+        return module
+
+
+# --------------------------------------------------------------------------------------------- result
+@dataclass
+class ProbeResult:
+    """What a probe recorded. One *record* per (denoising step, expert, block), conditional branch only.
+
+    ``entity_mass[r, t-1, i, e]``: attention mass that query token ``i`` of latent frame ``t`` put on the
+    first-frame tokens of entity ``e`` (summing over ``e`` gives its total first-frame mass), averaged over heads.
+    ``reverse[r, t-1, j]``: mean attention that frame ``t``'s queries put on first-frame token ``j``.
+    """
+
+    grid: tuple[int, int, int]  # (latent frames, token rows, token columns)
+    entity_names: list[str]
+    records: list[dict]
+    entity_mass: np.ndarray
+    reverse: np.ndarray
+    head_entity_mass: np.ndarray | None = None  # (R, heads, F-1, h*w, E) when per_head=True
+    attention: np.ndarray | None = None  # (R, heads, (F-1)*h*w, h*w) raw first-frame slice, keep_attention=True
+    text_records: list[dict] = field(default_factory=list)
+    text_mass: np.ndarray | None = None  # (R_text, F*h*w, 3): trigger / caption / padding
+
+    @property
+    def num_frames(self) -> int:
+        return self.grid[0]
+
+    def select(self, blocks=None, steps=None, experts=None) -> list[int]:
+        """Indices of the records matching the given blocks / steps / experts (None = all)."""
+        keep = [i for i, r in enumerate(self.records)
+                if (blocks is None or r["block"] in _as_set(blocks)) and (steps is None or r["step"] in _as_set(steps))
+                and (experts is None or r["expert"] in _as_set(experts))]
+        if not keep:
+            raise ValueError(f"no records for blocks={blocks}, steps={steps}, experts={experts}; recorded: "
+                             f"blocks {sorted({r['block'] for r in self.records})}, "
+                             f"steps {sorted({r['step'] for r in self.records})}")
+        return keep
+
+    def retrieval_curves(self, over: str = "frame", **selection) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Mean first-frame mass per query token, by entity (plus ``"total"``), as a function of ``over``:
+        ``"frame"`` (latent frames 1…F-1), ``"block"`` or ``"step"`` (averaged over later frames)."""
+        keep = self.select(**selection)
+        if over == "frame":
+            x = np.arange(1, self.num_frames)
+            curves = self.entity_mass[keep].mean(axis=(0, 2))  # (F-1, E)
+        elif over in ("block", "step"):
+            x = np.array(sorted({self.records[i][over] for i in keep}))
+            curves = np.stack([self.entity_mass[[i for i in keep if self.records[i][over] == v]].mean(axis=(0, 1, 2))
+                               for v in x])
+        else:
+            raise ValueError(f"over={over!r}: use 'frame', 'block' or 'step'")
+        result = {name: curves[:, e] for e, name in enumerate(self.entity_names)}
+        result["total"] = curves.sum(axis=1)
+        return x, result
+
+    def _frame_index(self, frame: int) -> int:
+        if not 1 <= frame < self.num_frames:
+            raise ValueError(f"frame={frame} must be a later latent frame, 1..{self.num_frames - 1}")
+        return frame - 1
+
+    def entity_maps(self, frame: int, **selection) -> np.ndarray:
+        """(rows, cols, E): per-entity mass of each query token of latent ``frame``."""
+        _, h, w = self.grid
+        return self.entity_mass[self.select(**selection), self._frame_index(frame)].mean(0).reshape(h, w, -1)
+
+    def who_retrieves_what(self, frame: int, **selection) -> np.ndarray:
+        """(rows, cols) index into :attr:`entity_names` of the first-frame entity each token reads most."""
+        return self.entity_maps(frame, **selection).argmax(-1)
+
+    def reverse_map(self, frame: int, **selection) -> np.ndarray:
+        """(rows, cols) over the first frame: mean attention latent ``frame``'s queries put on each token."""
+        _, h, w = self.grid
+        return self.reverse[self.select(**selection), self._frame_index(frame)].mean(0).reshape(h, w)
+
+    def text_curves(self, blocks=None, steps=None) -> dict[str, np.ndarray]:
+        """Per latent frame, mean cross-attention mass on trigger, caption and padding tokens."""
+        if self.text_mass is None:
+            raise ValueError("no text-attention records: create the probe with text_prompt=...")
+        keep = [i for i, r in enumerate(self.text_records)
+                if (blocks is None or r["block"] in _as_set(blocks)) and (steps is None or r["step"] in _as_set(steps))]
+        f, h, w = self.grid
+        per_frame = self.text_mass[keep].mean(0).reshape(f, h * w, 3).mean(1)
+        return {part: per_frame[:, i] for i, part in enumerate(TEXT_PARTS)}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``probe.safetensors`` (arrays) and ``probe.json`` (records and names), atomically."""
+        from safetensors.numpy import save_file
+
+        directory = Path(directory)
+        arrays = {k: np.ascontiguousarray(v) for k, v in dict(
+            entity_mass=self.entity_mass, reverse=self.reverse, head_entity_mass=self.head_entity_mass,
+            attention=self.attention, text_mass=self.text_mass).items() if v is not None}
+        with atomic_path(directory / "probe.safetensors") as tmp:
+            save_file(arrays, str(tmp))
+        write_json(directory / "probe.json", {"grid": list(self.grid), "entity_names": self.entity_names,
+                                              "records": self.records, "text_records": self.text_records})
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ProbeResult":
+        from safetensors.numpy import load_file
+
+        directory = Path(directory)
+        if not (directory / "probe.json").is_file():
+            raise FileNotFoundError(f"{directory / 'probe.json'} not found: pass a folder written by ProbeResult.save")
+        meta = json.loads((directory / "probe.json").read_text())
+        arrays = load_file(str(directory / "probe.safetensors"))
+        return cls(tuple(meta["grid"]), meta["entity_names"], meta["records"], arrays["entity_mass"],
+                   arrays["reverse"], arrays.get("head_entity_mass"), arrays.get("attention"),
+                   meta["text_records"], arrays.get("text_mass"))
+
+
+def _as_set(value) -> set:
+    return set(value) if isinstance(value, (list, tuple, set, range, np.ndarray)) else {value}
+
+
+# --------------------------------------------------------------------------------------------- the probe
+class FirstFrameProbe:
+    """Context manager recording first-frame retrieval on a Wan pipeline (or a bare Wan transformer).
+
+    ``composite``: the :class:`~ffstudy.compose.Composite` used as first frame *at the generated size*
+    (``video.first_frame`` from :func:`~ffstudy.generate.generate`, or ``composite.fit(h, w)``); without it the
+    mass is reported for the whole first frame. ``blocks``: block indices (default: all blocks of models with up
+    to 8, else every 4th). ``steps``: denoising step indices (default: up to 6 spread over the run, both experts).
+    ``per_head``: also keep per-head entity masses. ``keep_attention``: keep the raw first-frame attention slice
+    (small models only). ``text_prompt``: also probe cross-attention to this prompt's trigger tokens.
+    """
+
+    def __init__(self, pipe, composite=None, *, blocks: Sequence[int] | None = None,
+                 steps: Sequence[int] | None = None, per_head: bool = False, keep_attention: bool = False,
+                 text_prompt: str | None = None, fused_lse: bool = True, tile_bytes: int = _TILE_BYTES):
+        self.transformers = {}
+        if hasattr(pipe, "transformer"):
+            self.transformers["high" if getattr(pipe, "transformer_2", None) is not None else "main"] = pipe.transformer
+            if getattr(pipe, "transformer_2", None) is not None:
+                self.transformers["low"] = pipe.transformer_2
+        else:
+            self.transformers["main"] = pipe
+        self.scheduler = getattr(pipe, "scheduler", None)
+        num_layers = len(next(iter(self.transformers.values())).blocks)
+        self.blocks = sorted(blocks) if blocks is not None else (
+            list(range(num_layers)) if num_layers <= 8 else list(range(0, num_layers, 4)))
+        if not self.blocks or min(self.blocks) < 0 or max(self.blocks) >= num_layers:
+            raise ValueError(f"blocks={blocks}: the model has blocks 0..{num_layers - 1}")
+        self.steps = None if steps is None else set(steps)
+        self.composite, self.per_head, self.keep_attention = composite, per_head, keep_attention
+        self.fused_lse, self.tile_bytes = fused_lse, tile_bytes
+        self.text_spans = self._text_spans(pipe, text_prompt) if text_prompt is not None else None
+        self._saved, self._call, self._last_t, self._step, self._masks = {}, None, None, -1, None
+        self._rows: dict[str, list] = {k: [] for k in ("records", "entity", "reverse", "head", "attention",
+                                                         "text_records", "text")}
+        self._grid = None
+        self.result: ProbeResult | None = None
+
+    @staticmethod
+    def _text_spans(pipe, prompt: str) -> tuple[int, int]:
+        tokenizer = pipe.tokenizer
+        prompt = with_trigger(prompt)
+        if not prompt.startswith(TRIGGER):
+            raise ValueError("text_prompt must start with the trigger phrase for the trigger-token probe")
+        trigger_tokens = len(tokenizer(TRIGGER, add_special_tokens=False).input_ids)
+        text_tokens = len(tokenizer(prompt).input_ids)
+        return trigger_tokens, text_tokens
+
+    # -- install / remove
+    def __enter__(self) -> "FirstFrameProbe":
+        for expert, transformer in self.transformers.items():
+            self._saved[expert] = transformer.attn_processors
+            for b in self.blocks:
+                transformer.blocks[b].attn1.set_processor(FirstFrameProbeProcessor(self, b))
+                if self.text_spans is not None:
+                    transformer.blocks[b].attn2.set_processor(TextAttentionProbeProcessor(self, b))
+            HookRegistry.check_if_exists_or_initialize(transformer).register_hook(_BranchHook(self, expert),
+                                                                                  _HOOK_NAME)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for expert, transformer in self.transformers.items():
+            transformer.set_attn_processor(self._saved[expert])
+            HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(_HOOK_NAME)
+        self._call = None
+        self.result = self._collect()
+
+    # -- called by the hook and processors
+    def _begin_call(self, expert, branch, hidden_shape, patch_size, timestep) -> None:
+        grid = tuple(n // p for n, p in zip(hidden_shape[2:], patch_size))
+        if self._grid is not None and grid != self._grid:
+            raise ValueError(f"one probe records one video size; got token grid {grid} after {self._grid}")
+        self._grid = grid
+        if branch != "cond":
+            self._call = None
+            return
+        if self._last_t is None or timestep > self._last_t:
+            self._step = 0  # a new sampling run
+        elif timestep < self._last_t:
+            self._step += 1
+        self._last_t = timestep
+        if self.steps is None:
+            n = len(self.scheduler.timesteps) if self.scheduler is not None and self.scheduler.timesteps is not None \
+                else 1
+            wanted = set(np.linspace(0, n - 1, min(n, 6)).round().astype(int).tolist())
+        else:
+            wanted = self.steps
+        self._call = dict(step=self._step, timestep=timestep, expert=expert) if self._step in wanted else None
+
+    def _entity_matrix(self, h: int, w: int, device) -> tuple[list[str], torch.Tensor]:
+        if self._masks is None:
+            if self.composite is None:
+                names, matrix = [WHOLE_FRAME], np.ones((h * w, 1), np.float32)
+            else:
+                masks = self.composite.masks(h, w)
+                names = list(masks)
+                matrix = np.stack([masks[n].reshape(-1) for n in names], axis=1)
+            self._masks = (names, torch.from_numpy(matrix))
+        return self._masks[0], self._masks[1].to(device)
+
+    @torch.no_grad()
+    def _record_self_attention(self, block: int, query, key, lse) -> None:
+        f, h, w = self._grid
+        n0, (batch, seq, heads, dim) = h * w, query.shape
+        names, masks = self._entity_matrix(h, w, query.device)
+        scale = 1.0 / math.sqrt(dim)
+        q, k = query[0].transpose(0, 1), key[0].transpose(0, 1)  # (H, S, D); batch item 0 = this call's video
+        k0 = k[:, :n0].float().transpose(-1, -2)
+        columns = n0 if lse is not None else max(n0, 4096)  # the portable path also holds a 4096-key tile
+        chunk = max(1, min(seq - n0, self.tile_bytes // (4 * heads * columns)))
+        entity = torch.empty(heads, seq - n0, len(names), device=query.device)
+        reverse = torch.zeros(heads, f - 1, n0, device=query.device)
+        raw = torch.empty(heads, seq - n0, n0) if self.keep_attention else None
+        for start in range(n0, seq, chunk):
+            stop = min(seq, start + chunk)
+            qc = q[:, start:stop].float()
+            row_lse = lse[0][:, start:stop] if lse is not None else chunked_logsumexp(qc, k, scale, 4096)
+            p0 = torch.exp(qc @ k0 * scale - row_lse[..., None])  # (H, c, n0): exact softmax columns of frame 0
+            entity[:, start - n0:stop - n0] = p0 @ masks
+            frames = torch.arange(start, stop, device=query.device) // n0 - 1
+            reverse.index_add_(1, frames, p0)
+            if raw is not None:
+                raw[:, start - n0:stop - n0] = p0.cpu()
+        entity = entity.unflatten(1, (f - 1, n0))
+        self._rows["records"].append(dict(self._call, block=block))
+        self._rows["entity"].append(entity.mean(0).cpu())
+        self._rows["reverse"].append((reverse / n0).mean(0).cpu())
+        if self.per_head:
+            self._rows["head"].append(entity.cpu())
+        if raw is not None:
+            self._rows["attention"].append(raw)
+
+    @torch.no_grad()
+    def _record_text_attention(self, block: int, query, key) -> None:
+        trigger, text = self.text_spans
+        q, k = query[0].transpose(0, 1).float(), key[0].transpose(0, 1).float()  # (H, S, L)
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        parts = torch.empty(q.shape[1], 3, device=q.device)
+        chunk = max(1, self.tile_bytes // (4 * q.shape[0] * k.shape[1]))
+        for start in range(0, q.shape[1], chunk):
+            p = torch.softmax(q[:, start:start + chunk] @ k.transpose(-1, -2) * scale, dim=-1).mean(0)
+            parts[start:start + chunk] = torch.stack(
+                [p[:, :trigger].sum(-1), p[:, trigger:text].sum(-1), p[:, text:].sum(-1)], dim=-1)
+        self._rows["text_records"].append(dict(self._call, block=block))
+        self._rows["text"].append(parts.cpu())
+
+    def _collect(self) -> ProbeResult | None:
+        rows = self._rows
+        if not rows["records"]:
+            return None
+        stack = lambda key: torch.stack(rows[key]).numpy() if rows[key] else None  # noqa: E731
+        return ProbeResult(self._grid, list(self._masks[0]), rows["records"], stack("entity"), stack("reverse"),
+                           stack("head"), stack("attention"), rows["text_records"], stack("text"))

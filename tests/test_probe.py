@@ -1,0 +1,154 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+from ffstudy.compose import compose_first_frame
+from ffstudy.generate import generate
+from ffstudy.probe import FirstFrameProbe, ProbeResult
+
+from .conftest import TINY_BACKBONES
+
+STEPS = 3
+
+
+@pytest.fixture
+def composite(cutout, plate):
+    return compose_first_frame({"star": cutout, "ball": cutout}, plate)
+
+
+def _experts(pipe):
+    return [pipe.transformer] + ([pipe.transformer_2] if pipe.transformer_2 is not None else [])
+
+
+@torch.no_grad()
+def reference_first_frame_attention(attn, x, rotary_emb, n0):
+    """Full softmax(q kᵀ/√d) in float64 from the block's raw input, RoPE as a complex rotation; rows ≥ n0,
+    columns < n0. Independent of the probe's code path."""
+    def rope(t):
+        cos, sin = rotary_emb
+        angle = torch.complex(cos[..., 0::2].double(), sin[..., 1::2].double())
+        pairs = torch.view_as_complex(t.double().unflatten(-1, (-1, 2)).contiguous())
+        return torch.view_as_real(pairs * angle).flatten(-2)
+
+    q = rope(attn.norm_q(attn.to_q(x)).unflatten(2, (attn.heads, -1)))[0].transpose(0, 1)
+    k = rope(attn.norm_k(attn.to_k(x)).unflatten(2, (attn.heads, -1)))[0].transpose(0, 1)
+    full = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    return full[:, n0:, :n0]
+
+
+def run_with_reference(pipe, composite, **probe_kwargs):
+    """Generate with the probe and with forward pre-hooks that capture every attn1 input."""
+    captured, handles = {}, []
+    for e, transformer in enumerate(_experts(pipe)):
+        for b, block in enumerate(transformer.blocks):
+            def hook(module, args, key=(e, b)):
+                captured.setdefault(key, []).append((args[0].detach().clone(), args[3]))
+            handles.append(block.attn1.register_forward_pre_hook(hook))
+    try:
+        with FirstFrameProbe(pipe, composite.fit(64, 112), steps=range(STEPS), **probe_kwargs) as probe:
+            video = generate(pipe, composite, "a star and a ball", num_inference_steps=STEPS, progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return probe.result, captured, video
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_probe_is_exact_against_the_full_softmax(name, tiny_pipe, composite):
+    pipe = tiny_pipe(name)
+    result, captured, _ = run_with_reference(pipe, composite, keep_attention=True, per_head=True)
+    f, h, w = result.grid
+    n0 = h * w
+    expert_index = {"high": 0, "low": 1, "main": 0}
+    calls = {}
+    assert len(result.records) == STEPS * len(pipe.transformer.blocks)
+    for r, record in enumerate(result.records):
+        key = (expert_index[record["expert"]], record["block"])
+        # with CFG each step calls the expert twice, conditional first: the probe must record that one
+        index = calls.get(key, 0)
+        calls[key] = index + 2
+        x, rotary = captured[key][index]
+        attn = _experts(pipe)[key[0]].blocks[key[1]].attn1
+        ref = reference_first_frame_attention(attn, x, rotary, n0).float()
+        probed = torch.from_numpy(result.attention[r])
+        assert probed.shape == ref.shape
+        assert torch.allclose(probed, ref, atol=1e-5, rtol=0), (name, record, (probed - ref).abs().max())
+        # the entity split sums to the total first-frame mass, per head and head-averaged
+        total = ref.sum(-1).numpy()
+        assert np.allclose(result.head_entity_mass[r].sum(-1).reshape(total.shape), total, atol=1e-5)
+        assert np.allclose(result.entity_mass[r].sum(-1).reshape(-1), total.mean(0), atol=1e-5)
+        # reverse map: mean over each later frame's queries
+        per_frame = ref.mean(0).numpy().reshape(f - 1, n0, n0).mean(1)
+        assert np.allclose(result.reverse[r], per_frame, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_probe_does_not_change_the_output(name, tiny_pipe, composite):
+    pipe = tiny_pipe(name)
+    plain = generate(pipe, composite, "a star", num_inference_steps=STEPS, progress=False)
+    with FirstFrameProbe(pipe, composite.fit(64, 112), text_prompt="a star", per_head=True):
+        probed = generate(pipe, composite, "a star", num_inference_steps=STEPS, progress=False)
+    assert np.array_equal(plain.frames, probed.frames) and np.array_equal(plain.transition, probed.transition)
+    for transformer in _experts(pipe):  # stock processors back, hook gone
+        assert all(type(p) is WanAttnProcessor for p in transformer.attn_processors.values())
+        again = generate(pipe, composite, "a star", num_inference_steps=STEPS, progress=False)
+        assert np.array_equal(again.frames, plain.frames)
+
+
+def test_portable_chunked_logsumexp_matches_the_fused_kernel(tiny_pipe, composite):
+    pipe = tiny_pipe()
+    fused, _, _ = run_with_reference(pipe, composite)
+    portable, _, _ = run_with_reference(pipe, composite, fused_lse=False, tile_bytes=4 * 2 * 5 * 4096)
+    assert np.allclose(fused.entity_mass, portable.entity_mass, atol=1e-6)
+    assert np.allclose(fused.reverse, portable.reverse, atol=1e-7)
+
+
+def test_entity_split_uses_the_composite_masks(tiny_pipe, composite):
+    result, _, video = run_with_reference(tiny_pipe(), composite)
+    assert result.entity_names == ["star", "ball", "background", "white"]
+    f, h, w = result.grid
+    assert (h * 16, w * 16) == video.frames.shape[1:3]
+    masks = video.first_frame.masks(h, w)
+    reverse = result.reverse[0].reshape(f - 1, h * w)
+    entity = result.entity_mass[0]  # (F-1, h*w, E)
+    # the mass on an entity is the reverse map integrated over that entity's mask (both from the same p0)
+    for e, name in enumerate(result.entity_names):
+        assert np.allclose(entity[:, :, e].mean(1), reverse @ masks[name].reshape(-1), atol=1e-6)
+
+
+def test_result_methods_and_round_trip(tmp_path, tiny_pipe, composite):
+    pipe = tiny_pipe()
+    with FirstFrameProbe(pipe, composite.fit(64, 112), steps=[0, 2], text_prompt="a star") as probe:
+        generate(pipe, composite, "a star", num_inference_steps=STEPS, progress=False)
+    result = probe.result
+    assert sorted({r["step"] for r in result.records}) == [0, 2]
+    assert {r["expert"] for r in result.records} == {"high", "low"}  # 3 steps at boundary 0.9: both experts
+    x, curves = result.retrieval_curves("frame")
+    assert list(x) == [1, 2] and np.allclose(sum(curves[n] for n in result.entity_names), curves["total"])
+    bx, by_block = result.retrieval_curves("block", steps=0)
+    assert list(bx) == [0, 1]
+    f, h, w = result.grid
+    assert result.who_retrieves_what(1).shape == (h, w) and result.who_retrieves_what(1).max() < 4
+    assert result.reverse_map(2, blocks=1).shape == (h, w)
+    text = result.text_curves()
+    assert np.allclose(text["trigger"] + text["caption"] + text["padding"], 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="frame=0"):
+        result.reverse_map(0)
+    with pytest.raises(ValueError, match="no records for blocks=7"):
+        result.select(blocks=7)
+    loaded = ProbeResult.load(result.save(tmp_path / "probe"))
+    assert loaded.records == result.records and loaded.grid == result.grid
+    assert np.array_equal(loaded.entity_mass, result.entity_mass) and np.array_equal(loaded.text_mass,
+                                                                                     result.text_mass)
+
+
+def test_default_steps_and_bad_blocks(tiny_pipe, composite):
+    pipe = tiny_pipe("tiny-wan2.1-i2v")
+    with FirstFrameProbe(pipe, composite.fit(64, 112)) as probe:
+        generate(pipe, composite, "x", num_inference_steps=10, progress=False)
+    assert sorted({r["step"] for r in probe.result.records}) == [0, 2, 4, 5, 7, 9]
+    with pytest.raises(ValueError, match="blocks=\\[5\\]"):
+        FirstFrameProbe(pipe, blocks=[5])
