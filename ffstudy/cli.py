@@ -124,6 +124,49 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from . import viz
+    from .generate import generate
+    from .io import write_video
+    from .models import load_pipeline
+    from .probe import FirstFrameProbe
+
+    first_frame, out = _first_frame(args), Path(args.out)
+    pipe = load_pipeline(args.model, offload=args.offload, path=args.path)
+    composite = first_frame if hasattr(first_frame, "masks") else None
+    with FirstFrameProbe(pipe, composite, blocks=args.blocks, steps=args.probe_steps, per_head=args.per_head,
+                         text_prompt=args.prompt) as probe:
+        video = generate(pipe, first_frame, args.prompt, num_frames=args.frames, height=args.height,
+                         width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                         seed=args.seed, drop_first_frames=args.drop_first_frames)
+    result = probe.result
+    video.save(out, with_transition=True)
+    result.save(out / "probe")
+    figures = {"retrieval_curves.png": viz.plot_retrieval_overview(result),
+               "who_retrieves_what.png": viz.plot_who_retrieves_what(result, video.full),
+               "reverse_maps.png": viz.plot_reverse_maps(result, video.first_frame)}
+    for name, figure in figures.items():
+        figure.savefig(out / name, dpi=110)
+    write_video(out / "who_retrieves_what.mp4", viz.who_retrieves_what_animation(result, video.full), fps=video.fps)
+    frames, curves = result.retrieval_curves("frame")
+    print(f"probed {len(result.records)} records (blocks {probe.blocks}) on a {result.grid} token grid")
+    print("mean first-frame attention mass per later-frame token:")
+    for name, values in curves.items():
+        print(f"  {name:<12} " + " ".join(f"{v:.3f}" for v in values))
+    print(f"wrote {out}/probe/, {', '.join(figures)}, who_retrieves_what.mp4 and the video")
+    return 0
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use comma-separated integers, e.g. 0,4,8") from None
+
+
 def cmd_models(args) -> int:
     from .models import list_backbones
 
@@ -161,6 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_args(p, default_model="tiny-wan2.2-i2v")
     p.add_argument("--out", "-o", default="outputs/demo", help="output folder (default outputs/demo)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("probe", help="generate with the attention probe installed and plot what it saw",
+                       description="Records, for the conditional branch, how much each later-frame token attends "
+                                   "to each first-frame entity (exact softmax mass), and how much it attends to "
+                                   "the trigger phrase. Writes probe/ (arrays + records), retrieval_curves.png, "
+                                   "who_retrieves_what.png/.mp4, reverse_maps.png and the video.")
+    p.add_argument("--composite", help="a folder written by `ffstudy compose` (needed for the entity split)")
+    _add_compose_args(p, required=False)
+    p.add_argument("--prompt", "-p", required=True, help="the scene caption (the trigger is added if missing)")
+    _add_generate_args(p, default_model="tiny-wan2.2-i2v")
+    p.add_argument("--blocks", type=_ints, help="blocks to probe, e.g. 0,4,8 (default: all up to 8, else every 4th)")
+    p.add_argument("--probe-steps", type=_ints, help="denoising steps to record (default: 6 spread over the run)")
+    p.add_argument("--per-head", action="store_true", help="also keep per-head masses")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("models", help="list the registered backbones")
     p.set_defaults(func=cmd_models)

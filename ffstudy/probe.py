@@ -276,9 +276,9 @@ def _as_set(value) -> set:
 class FirstFrameProbe:
     """Context manager recording first-frame retrieval on a Wan pipeline (or a bare Wan transformer).
 
-    ``composite``: the :class:`~ffstudy.compose.Composite` used as first frame *at the generated size*
-    (``video.first_frame`` from :func:`~ffstudy.generate.generate`, or ``composite.fit(h, w)``); without it the
-    mass is reported for the whole first frame. ``blocks``: block indices (default: all blocks of models with up
+    ``composite``: the :class:`~ffstudy.compose.Composite` given to :func:`~ffstudy.generate.generate`; it is
+    fitted to the generated size the same way generate fits it. Without it the mass is reported for the whole
+    first frame. ``blocks``: block indices (default: all blocks of models with up
     to 8, else every 4th). ``steps``: denoising step indices (default: up to 6 spread over the run, both experts).
     ``per_head``: also keep per-head entity masses. ``keep_attention``: keep the raw first-frame attention slice
     (small models only). ``text_prompt``: also probe cross-attention to this prompt's trigger tokens.
@@ -295,6 +295,9 @@ class FirstFrameProbe:
         else:
             self.transformers["main"] = pipe
         self.scheduler = getattr(pipe, "scheduler", None)
+        transformer = next(iter(self.transformers.values()))
+        self.pixels_per_token = (getattr(pipe, "vae_scale_factor_spatial", None) or 0) * \
+            transformer.config.patch_size[1]
         num_layers = len(next(iter(self.transformers.values())).blocks)
         self.blocks = sorted(blocks) if blocks is not None else (
             list(range(num_layers)) if num_layers <= 8 else list(range(0, num_layers, 4)))
@@ -366,7 +369,11 @@ class FirstFrameProbe:
             if self.composite is None:
                 names, matrix = [WHOLE_FRAME], np.ones((h * w, 1), np.float32)
             else:
-                masks = self.composite.masks(h, w)
+                composite = self.composite
+                size = (w * self.pixels_per_token, h * self.pixels_per_token)
+                if self.pixels_per_token and composite.size != size:
+                    composite = composite.fit(size[1], size[0])  # as generate() fits it
+                masks = composite.masks(h, w)
                 names = list(masks)
                 matrix = np.stack([masks[n].reshape(-1) for n in names], axis=1)
             self._masks = (names, torch.from_numpy(matrix))

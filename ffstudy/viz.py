@@ -1,0 +1,140 @@
+"""Plots for composites and probe results: the pictures people would rather look at than read."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from .compose import FILLER, Composite
+
+_PALETTE = [(228, 26, 28), (55, 126, 184), (255, 127, 0), (152, 78, 163), (166, 86, 40), (247, 129, 191),
+            (153, 153, 153), (255, 255, 51)]
+_BACKGROUND_COLOUR, _FILLER_COLOUR = (77, 175, 74), (175, 175, 175)
+
+
+def entity_colours(names: list[str]) -> dict[str, tuple[int, int, int]]:
+    """A stable colour per entity: objects from a qualitative palette, background green, white filler grey."""
+    colours, objects = {}, iter(_PALETTE)
+    for name in names:
+        colours[name] = (_BACKGROUND_COLOUR if name == "background" else _FILLER_COLOUR if name == FILLER
+                         else next(objects, (0, 0, 0)))
+    return colours
+
+
+def _axes(ax, figsize=(6, 4)):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def _legend_handles(colours):
+    from matplotlib.patches import Patch
+
+    return [Patch(color=np.array(c) / 255, label=n) for n, c in colours.items()]
+
+
+def draw_entity_boxes(composite: Composite, ax=None):
+    """The composite with each entity's box outlined and named."""
+    from matplotlib.patches import Rectangle
+
+    ax = _axes(ax, (8, 4.5))
+    ax.imshow(composite.image)
+    colours = entity_colours(composite.names)
+    for entity in composite.entities:
+        b, colour = entity.box, np.array(colours[entity.name]) / 255
+        ax.add_patch(Rectangle((b.x0, b.y0), b.width, b.height, fill=False, lw=2, ec=colour))
+        ax.text(b.x0 + 4, b.y0 + 4, entity.name, va="top", color="white", fontsize=9,
+                bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0))
+    ax.set_axis_off()
+    return ax
+
+
+def plot_retrieval_curves(result, over: str = "frame", ax=None, **selection):
+    """Mean first-frame attention mass per query token, one line per entity plus the total."""
+    ax = _axes(ax)
+    x, curves = result.retrieval_curves(over, **selection)
+    colours = entity_colours(result.entity_names)
+    for name, values in curves.items():
+        style = dict(color="black", ls="--") if name == "total" else dict(color=np.array(colours[name]) / 255)
+        ax.plot(x, values, marker="o", label=name, **style)
+    ax.set_xlabel({"frame": "latent frame", "block": "transformer block", "step": "denoising step"}[over])
+    ax.set_ylabel("attention mass on frame 0")
+    ax.set_xticks(x)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_retrieval_overview(result, **selection):
+    """Retrieval curves over frames, blocks and denoising steps side by side."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, over in zip(axes, ("frame", "block", "step")):
+        plot_retrieval_curves(result, over, ax=ax, **selection)
+    fig.tight_layout()
+    return fig
+
+
+def pixel_frame(latent_frame: int, temporal_stride: int = 4) -> int:
+    """The last pixel frame packed into ``latent_frame`` (the causal VAE packs frame 0 alone, then groups)."""
+    return latent_frame * temporal_stride
+
+
+def _tint(picture: np.ndarray, labels: np.ndarray, names: list[str], alpha: float) -> np.ndarray:
+    colours = entity_colours(names)
+    lut = np.array([colours[n] for n in names], np.uint8)
+    tint = np.asarray(Image.fromarray(lut[labels]).resize(picture.shape[1::-1], Image.NEAREST), np.float32)
+    return ((1 - alpha) * np.asarray(picture, np.float32) + alpha * tint).round().astype(np.uint8)
+
+
+def who_retrieves_what_overlay(result, frame: int, video: np.ndarray, alpha: float = 0.55,
+                               **selection) -> np.ndarray:
+    """Decoded frame ``pixel_frame(frame)`` of the full video (transition included), each token tinted with
+    the colour of the first-frame entity it reads most."""
+    picture = video[min(pixel_frame(frame), len(video) - 1)]
+    return _tint(picture, result.who_retrieves_what(frame, **selection), result.entity_names, alpha)
+
+
+def plot_who_retrieves_what(result, video: np.ndarray, frames=None, **selection):
+    """A row of overlays, one per latent frame (default: all later frames)."""
+    import matplotlib.pyplot as plt
+
+    frames = list(frames or range(1, result.num_frames))
+    fig, axes = plt.subplots(1, len(frames), figsize=(3 * len(frames), 2.6), squeeze=False)
+    for ax, frame in zip(axes[0], frames):
+        ax.imshow(who_retrieves_what_overlay(result, frame, video, **selection))
+        ax.set_title(f"latent frame {frame}", fontsize=9)
+        ax.set_axis_off()
+    fig.legend(handles=_legend_handles(entity_colours(result.entity_names)), loc="lower center",
+               ncol=len(result.entity_names), fontsize=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
+def plot_reverse_maps(result, first_frame, frames=None, **selection):
+    """Heatmaps over the first frame: how strongly each of its tokens is read by later frames."""
+    import matplotlib.pyplot as plt
+
+    image = first_frame.image if isinstance(first_frame, Composite) else first_frame
+    frames = list(frames or range(1, result.num_frames))
+    fig, axes = plt.subplots(1, len(frames), figsize=(3.2 * len(frames), 2.6), squeeze=False)
+    for ax, frame in zip(axes[0], frames):
+        heat = result.reverse_map(frame, **selection)
+        ax.imshow(image)
+        shown = ax.imshow(heat, cmap="magma", alpha=0.6, extent=(0, image.width, image.height, 0))
+        ax.set_title(f"read by latent frame {frame}", fontsize=9)
+        ax.set_axis_off()
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    fig.tight_layout()
+    return fig
+
+
+def who_retrieves_what_animation(result, video: np.ndarray, alpha: float = 0.55, temporal_stride: int = 4,
+                                 **selection) -> np.ndarray:
+    """Frames for ``mediapy.show_video``: every pixel frame after the first (full video, transition included)
+    tinted by the retrieval map of the latent frame it belongs to."""
+    maps = {t: result.who_retrieves_what(t, **selection) for t in range(1, result.num_frames)}
+    return np.stack([_tint(video[i], maps[min(result.num_frames - 1, (i - 1) // temporal_stride + 1)],
+                           result.entity_names, alpha) for i in range(1, len(video))])

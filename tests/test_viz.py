@@ -1,0 +1,61 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+
+from ffstudy import viz
+from ffstudy.cli import main
+from ffstudy.compose import compose_first_frame
+from ffstudy.generate import generate
+from ffstudy.probe import FirstFrameProbe, ProbeResult
+
+
+@pytest.fixture
+def probed(tiny_pipe, cutout, plate):
+    pipe = tiny_pipe()
+    comp = compose_first_frame({"star": cutout}, plate)
+    with FirstFrameProbe(pipe, comp) as probe:
+        video = generate(pipe, comp, "a star", num_inference_steps=3, progress=False)
+    return probe.result, video
+
+
+def test_overlay_colours_tokens_by_their_argmax_entity(probed):
+    result, video = probed
+    overlay = viz.who_retrieves_what_overlay(result, 1, video.full, alpha=1.0)
+    labels = result.who_retrieves_what(1)
+    colours = viz.entity_colours(result.entity_names)
+    assert overlay.shape == video.full.shape[1:]
+    assert tuple(overlay[8, 8]) == colours[result.entity_names[labels[0, 0]]]  # token (0, 0) covers pixels 0..15
+    blended = viz.who_retrieves_what_overlay(result, 1, video.full, alpha=0.0)
+    assert np.array_equal(blended, video.full[viz.pixel_frame(1)])
+
+
+def test_animation_has_one_frame_per_pixel_frame_after_the_first(probed):
+    result, video = probed
+    frames = viz.who_retrieves_what_animation(result, video.full)
+    assert frames.shape == (len(video.full) - 1, *video.full.shape[1:]) and frames.dtype == np.uint8
+
+
+def test_figures_render(probed):
+    result, video = probed
+    for figure in (viz.plot_retrieval_overview(result), viz.plot_who_retrieves_what(result, video.full),
+                   viz.plot_reverse_maps(result, video.first_frame)):
+        assert len(figure.axes) >= 2
+    ax = viz.draw_entity_boxes(video.first_frame)
+    assert [t.get_text() for t in ax.texts] == ["star", "background"]
+    assert viz.entity_colours(["a", "b", "background", "white"])["background"] == (77, 175, 74)
+
+
+def test_cli_probe_writes_result_and_figures(tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["probe", "-f", "data/references/red_star.png", "-b", "data/backgrounds/meadow.png",
+                 "-p", "a star", "--steps", "3", "--probe-steps", "0,2", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "probed 4 records" in printed and "object_1" in printed
+    for name in ("retrieval_curves.png", "who_retrieves_what.png", "reverse_maps.png", "who_retrieves_what.mp4",
+                 "video.mp4", "video_with_transition.mp4"):
+        assert (out / name).stat().st_size > 0, name
+    result = ProbeResult.load(out / "probe")
+    assert {r["step"] for r in result.records} == {0, 2} and result.text_mass is not None
