@@ -1,0 +1,243 @@
+"""Few-shot FFGo datasets: a manifest of examples, the training clip exactly as FFGo builds it, checks, caching.
+
+An *example* is the entity cut-outs and background plate (or a ready composite), a caption and a target video.
+The training clip replaces the video's first ``F_c`` frames (the VAE's temporal stride, 4 for Wan) with the
+composite and prefixes the caption with the trigger (``shared/reference/ffgo-method.md`` §2.3). Clip length is
+``"paper"`` (81 frames, what the paper states), ``"official"`` (21 frames, what the released training command
+effectively used, §4.4) or an explicit frame count.
+
+The manifest is JSON with paths relative to its own folder::
+
+    {"version": 1, "examples": [{"id": "clip_000", "cutouts": ["c/0.png"], "background": "c/bg.png",
+                                 "caption": "a red star ...", "video": "v/clip_000.mp4"}]}
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .compose import Composite, compose_first_frame
+from .generate import TRIGGER, fit_first_frame, with_trigger
+from .io import atomic_path, load_image, read_video, save_image, write_json
+
+CLIP_LENGTHS = {"paper": 81, "official": 21}
+
+
+@dataclass
+class Example:
+    id: str
+    caption: str
+    video: str
+    cutouts: list[str] = field(default_factory=list)
+    background: str | None = None
+    composite: str | None = None  # a ready composite image, used when there are no cut-outs
+
+
+@dataclass
+class TrainingClip:
+    frames: np.ndarray  # (F, H, W, 3) uint8, frames 0..F_c-1 = the composite
+    prompt: str
+    first_frame: Composite | object
+
+
+class FewShotDataset:
+    """A list of :class:`Example` plus the folder their relative paths start from."""
+
+    def __init__(self, examples: list[Example], root: str | Path):
+        self.examples, self.root = list(examples), Path(root)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Example:
+        return self.examples[index]
+
+    def path(self, relative: str) -> Path:
+        path = Path(relative)
+        return path if path.is_absolute() else self.root / path
+
+    @classmethod
+    def load(cls, manifest: str | Path) -> "FewShotDataset":
+        manifest = Path(manifest)
+        if not manifest.is_file():
+            raise FileNotFoundError(f"manifest not found: {manifest}")
+        try:
+            data = json.loads(manifest.read_text())
+            examples = [Example(**e) for e in data["examples"]]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{manifest} is not an ffstudy manifest ({error}); expected "
+                             f'{{"version": 1, "examples": [{{"id", "caption", "video", "cutouts", "background"}}]}}'
+                             ) from error
+        return cls(examples, manifest.parent)
+
+    def save(self, manifest: str | Path) -> Path:
+        return write_json(manifest, {"version": 1, "examples": [asdict(e) for e in self.examples]})
+
+    # -- the FFGo composite and training clip
+    def composite(self, example: Example, **compose_kwargs) -> Composite | object:
+        if example.cutouts:
+            return compose_first_frame([self.path(c) for c in example.cutouts], self.path(example.background),
+                                       **compose_kwargs)
+        if example.composite:
+            return load_image(self.path(example.composite), argument=f"{example.id}.composite").convert("RGB")
+        raise ValueError(f"example {example.id!r} has neither cut-outs nor a composite")
+
+    def training_clip(self, example: Example, height: int, width: int, clip_length: str | int = "official",
+                      replaced_frames: int = 4) -> TrainingClip:
+        """Frames 0..num_frames-1 of the video resized (cover, centre crop) to ``width × height``, the first
+        ``replaced_frames`` replaced by the composite fitted to the same size; caption with the trigger."""
+        num_frames = CLIP_LENGTHS.get(clip_length, clip_length)
+        if not isinstance(num_frames, int) or num_frames < replaced_frames + 1:
+            raise ValueError(f"clip_length={clip_length!r}: use 'paper', 'official' or a frame count "
+                             f"> {replaced_frames}")
+        frames, _ = read_video(self.path(example.video))
+        if len(frames) < num_frames:
+            raise ValueError(f"{example.id}: {example.video} has {len(frames)} frames, the clip needs {num_frames}")
+        frames = resize_cover(frames[:num_frames], height, width)
+        first = fit_first_frame(self.composite(example), height, width)
+        image = first.image if isinstance(first, Composite) else first
+        frames[:replaced_frames] = np.asarray(image)
+        return TrainingClip(frames, with_trigger(example.caption), first)
+
+    # -- the official FFGo / VideoX-Fun JSON
+    def export_official(self, json_path: str | Path, composites_dir: str | Path) -> Path:
+        """Write composites as PNGs and the VideoX-Fun list ``[{file_path, text, image_path, type}]``."""
+        composites_dir = Path(composites_dir)
+        rows = []
+        for example in self.examples:
+            first = self.composite(example)
+            image = first.image if isinstance(first, Composite) else first
+            png = save_image(composites_dir / example.id / "combined.png", image)
+            rows.append({"file_path": str(self.path(example.video).resolve()), "text": with_trigger(example.caption),
+                         "image_path": str(png.resolve()), "type": "video"})
+        return write_json(json_path, rows)
+
+    @classmethod
+    def import_official(cls, json_path: str | Path, data_root: str | Path | None = None) -> "FewShotDataset":
+        """Read the official list; like VideoX-Fun, ``file_path`` joins ``data_root`` (absolute paths win) and
+        ``image_path`` is taken as given. The trigger is stripped from captions (it is added back on use)."""
+        json_path = Path(json_path)
+        try:
+            rows = json.loads(json_path.read_text())
+            root = Path(data_root) if data_root is not None else json_path.parent
+            examples = []
+            for i, row in enumerate(rows):
+                if row.get("type", "video") != "video":
+                    continue
+                caption = " ".join(row["text"].split())
+                caption = caption[len(TRIGGER):].strip() if caption.startswith(TRIGGER) else caption
+                examples.append(Example(id=Path(row["file_path"]).stem or f"example_{i}", caption=caption,
+                                        video=str(root / row["file_path"]), composite=row["image_path"]))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{json_path} is not an official FFGo JSON list of "
+                             f"{{file_path, text, image_path, type}} ({error})") from error
+        return cls(examples, json_path.parent)
+
+
+def resize_cover(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize uint8 frames to cover ``width × height`` keeping the aspect, then crop the centre."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    scale = max(height / video.shape[2], width / video.shape[3])
+    size = (max(height, round(video.shape[2] * scale)), max(width, round(video.shape[3] * scale)))
+    if size != tuple(video.shape[2:]):
+        video = torch.nn.functional.interpolate(video, size=size, mode="bilinear", antialias=True,
+                                                align_corners=False)
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    video = video[:, :, top:top + height, left:left + width]
+    return video.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy().copy()
+
+
+# --------------------------------------------------------------------------------------------- checks
+def check_dataset(dataset: FewShotDataset, num_frames: int, height: int | None = None,
+                  width: int | None = None) -> list[str]:
+    """Every problem that would stop or spoil training, each naming the example and file; empty if none."""
+    problems, seen = [], set()
+    for index, e in enumerate(dataset.examples):
+        where = f"example {index} ({e.id})"
+        if e.id in seen:
+            problems.append(f"{where}: duplicate id {e.id!r}")
+        seen.add(e.id)
+        if not e.caption or not e.caption.strip():
+            problems.append(f"{where}: empty caption")
+        images = [(f"cutouts[{i}]", c) for i, c in enumerate(e.cutouts)]
+        images += [("background", e.background)] if e.cutouts else [("composite", e.composite)]
+        for name, relative in images:
+            if not relative:
+                problems.append(f"{where}: no {name} given")
+                continue
+            try:
+                load_image(dataset.path(relative), argument=name)
+            except (FileNotFoundError, ValueError) as error:
+                problems.append(f"{where}: {error}")
+        path = dataset.path(e.video)
+        try:
+            frames, _ = read_video(path)
+        except (FileNotFoundError, ValueError) as error:
+            problems.append(f"{where}: {error}")
+            continue
+        if len(frames) < num_frames:
+            problems.append(f"{where}: {path} has {len(frames)} frames, training needs {num_frames}")
+        if height and width and (frames.shape[1] < height or frames.shape[2] < width):
+            problems.append(f"{where}: {path} is {frames.shape[2]}x{frames.shape[1]}, smaller than the training "
+                            f"size {width}x{height}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------- caching
+def clip_key(dataset: FewShotDataset, example: Example, settings: dict) -> str:
+    """Content hash of everything an encoded clip depends on: files, caption and encoding settings."""
+    digest = hashlib.sha256(json.dumps({**settings, "caption": example.caption}, sort_keys=True).encode())
+    for relative in [example.video, *example.cutouts, example.background, example.composite]:
+        if relative:
+            digest.update(dataset.path(relative).read_bytes())
+    return digest.hexdigest()[:32]
+
+
+@torch.no_grad()
+def encode_clip(pipe, clip: TrainingClip, max_sequence_length: int = 512) -> dict[str, torch.Tensor]:
+    """What a training step needs, computed once with the pipeline's own encoders: the VAE latent distribution
+    of the clip (normalised as Wan does), the I2V condition exactly as inference builds it, and text embeddings."""
+    device, vae = pipe._execution_device, pipe.vae
+    f, h, w = clip.frames.shape[:3]
+    video = torch.from_numpy(clip.frames).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1.0)
+    dist = vae.encode(video.to(device, vae.dtype)).latent_dist
+    mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
+    first = Image.fromarray(clip.frames[0])
+    image = pipe.video_processor.preprocess(first, height=h, width=w).to(device, torch.float32)
+    prepared = pipe.prepare_latents(image, 1, vae.config.z_dim, h, w, f, torch.float32, device,
+                                    torch.Generator("cpu").manual_seed(0))
+    prompt_embeds, _ = pipe.encode_prompt(clip.prompt, do_classifier_free_guidance=False,
+                                          max_sequence_length=max_sequence_length, device=device)
+    out = {"latent_mean": (dist.mean - mean) * inv_std, "latent_std": dist.std * inv_std,
+           "condition": prepared[1], "prompt_embeds": prompt_embeds}
+    if len(prepared) == 3:  # expand_timesteps (Wan2.2-TI2V): which latents are the clean first frame
+        out["first_frame_mask"] = prepared[2]
+    if pipe.image_encoder is not None and pipe.transformer.config.image_dim is not None:
+        out["image_embeds"] = pipe.encode_image(first, device)
+    return {k: v.detach().float().cpu().contiguous() for k, v in out.items()}
+
+
+class LatentCache:
+    """Encoded clips on disk as safetensors, keyed by :func:`clip_key`, so a training step runs only the
+    transformer."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def get(self, key: str, compute) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file, save_file
+
+        path = self.directory / f"{key}.safetensors"
+        if path.is_file():
+            return load_file(str(path))
+        tensors = compute()
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp))
+        return tensors

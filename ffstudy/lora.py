@@ -1,0 +1,214 @@
+"""FFGo LoRAs in every layout people exchange: diffusers/peft, kohya (VideoX-Fun, musubi) and ComfyUI.
+
+- diffusers: ``transformer.blocks.0.attn1.to_q.lora_A.weight`` with adapter metadata (rank, alpha) in the
+  safetensors header, loadable with ``pipe.load_lora_weights(folder)``.
+- kohya / VideoX-Fun (the official FFGo checkpoints): ``lora_unet__blocks_0_self_attn_q.lora_down.weight``,
+  ``lora_up``, ``alpha``, on Wan's original module names (FFGo's double underscore and musubi's single one both
+  read).
+- ComfyUI: ``diffusion_model.blocks.0.self_attn.q.lora_down.weight`` (``lora_A``/``lora_B`` also read).
+
+Foreign files are converted to diffusers keys with ``alpha / rank`` folded into ``lora_B`` and loaded through
+``pipe.load_lora_weights``; every key must map onto a Linear of the transformer, and the module count is checked.
+Note VideoX-Fun calls the *high*-noise expert ``transformer_2``; diffusers calls it ``transformer``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+# target modules FFGo trained (shared/reference/ffgo-method.md §4.2): 401 per 14B expert
+FFGO_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2", "time_proj"]
+WEIGHT_NAMES = {"high": "high_noise_lora.safetensors", "low": "low_noise_lora.safetensors",
+                "main": "pytorch_lora_weights.safetensors"}
+
+_TO_ORIGINAL = [  # diffusers module path -> Wan's original module path
+    (r"^blocks\.(\d+)\.attn1\.to_q$", r"blocks.\1.self_attn.q"), (r"^blocks\.(\d+)\.attn1\.to_k$", r"blocks.\1.self_attn.k"),
+    (r"^blocks\.(\d+)\.attn1\.to_v$", r"blocks.\1.self_attn.v"),
+    (r"^blocks\.(\d+)\.attn1\.to_out\.0$", r"blocks.\1.self_attn.o"),
+    (r"^blocks\.(\d+)\.attn2\.to_q$", r"blocks.\1.cross_attn.q"), (r"^blocks\.(\d+)\.attn2\.to_k$", r"blocks.\1.cross_attn.k"),
+    (r"^blocks\.(\d+)\.attn2\.to_v$", r"blocks.\1.cross_attn.v"),
+    (r"^blocks\.(\d+)\.attn2\.to_out\.0$", r"blocks.\1.cross_attn.o"),
+    (r"^blocks\.(\d+)\.attn2\.add_k_proj$", r"blocks.\1.cross_attn.k_img"),
+    (r"^blocks\.(\d+)\.attn2\.add_v_proj$", r"blocks.\1.cross_attn.v_img"),
+    (r"^blocks\.(\d+)\.ffn\.net\.0\.proj$", r"blocks.\1.ffn.0"), (r"^blocks\.(\d+)\.ffn\.net\.2$", r"blocks.\1.ffn.2"),
+    (r"^condition_embedder\.time_proj$", "time_projection.1"),
+    (r"^condition_embedder\.time_embedder\.linear_1$", "time_embedding.0"),
+    (r"^condition_embedder\.time_embedder\.linear_2$", "time_embedding.2"),
+    (r"^condition_embedder\.text_embedder\.linear_1$", "text_embedding.0"),
+    (r"^condition_embedder\.text_embedder\.linear_2$", "text_embedding.2"),
+    (r"^proj_out$", "head.head"),
+]
+
+
+class LoraFormatError(ValueError):
+    """A LoRA file whose keys do not fit the transformer."""
+
+
+def original_name(module_path: str) -> str | None:
+    for pattern, replacement in _TO_ORIGINAL:
+        if re.match(pattern, module_path):
+            return re.sub(pattern, replacement, module_path)
+    return None
+
+
+def linear_modules(transformer) -> dict[str, str]:
+    """Wan original name -> diffusers path, for every base Linear of the transformer with an original name."""
+    names = {}
+    for path, module in transformer.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".lora_" not in path and "base_layer" not in path:
+            original = original_name(path)
+            if original is not None:
+                names[original] = path
+    return names
+
+
+def target_module_count(transformer, targets=FFGO_TARGET_MODULES) -> int:
+    """How many Linear layers peft wraps for ``targets`` (401 per Wan2.2-A14B expert)."""
+    return sum(1 for path in linear_modules(transformer).values()
+               if any(path == t or path.endswith("." + t) for t in targets))
+
+
+# --------------------------------------------------------------------------------------------- reading
+def _split(key: str) -> tuple[str, str]:
+    """'<module>.lora_down.weight' -> (module, 'A'); '.lora_up.weight' -> 'B'; '.alpha' -> 'alpha'."""
+    for suffix, part in ((".lora_down.weight", "A"), (".lora_A.weight", "A"), (".lora_up.weight", "B"),
+                         (".lora_B.weight", "B"), (".alpha", "alpha")):
+        if key.endswith(suffix):
+            return key[: -len(suffix)], part
+    raise LoraFormatError(f"unrecognised LoRA key {key!r}")
+
+
+def detect_format(state_dict: dict) -> str:
+    keys = list(state_dict)
+    if all(k.startswith("lora_unet_") for k in keys):
+        return "kohya"
+    if all(k.startswith("diffusion_model.") for k in keys):
+        return "comfyui"
+    if all(k.startswith("transformer.") for k in keys):
+        return "diffusers"
+    raise LoraFormatError(f"cannot tell the LoRA layout from keys such as {keys[:3]}; expected 'lora_unet_*' "
+                          f"(kohya/VideoX-Fun), 'diffusion_model.*' (ComfyUI) or 'transformer.*' (diffusers)")
+
+
+def to_diffusers(state_dict: dict[str, torch.Tensor], transformer, expected_modules: int | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """Convert a kohya or ComfyUI LoRA to diffusers keys for ``transformer``, folding ``alpha/rank`` into B.
+
+    Raises :class:`LoraFormatError` listing every key that maps to no Linear of the transformer, every module
+    missing its down or up matrix, and a module count different from ``expected_modules``.
+    """
+    layout = detect_format(state_dict)
+    if layout == "diffusers":
+        return dict(state_dict)
+    by_original = linear_modules(transformer)
+    by_flat = {name.replace(".", "_"): name for name in by_original}
+    modules: dict[str, dict] = {}
+    unknown = []
+    for key, tensor in state_dict.items():
+        module, part = _split(key)
+        if layout == "kohya":
+            original = by_flat.get(module[len("lora_unet_"):].lstrip("_"))
+        else:
+            original = module[len("diffusion_model."):]
+            original = original if original in by_original else None
+        if original is None:
+            unknown.append(key)
+            continue
+        modules.setdefault(original, {})[part] = tensor
+    incomplete = sorted(m for m, parts in modules.items() if not {"A", "B"} <= set(parts))
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} keys match no Linear of this transformer: {unknown[:10]}")
+    if incomplete:
+        problems.append(f"modules missing lora_down or lora_up: {incomplete[:10]}")
+    if expected_modules is not None and len(modules) != expected_modules:
+        problems.append(f"{len(modules)} LoRA modules, expected {expected_modules}")
+    if problems:
+        raise LoraFormatError(f"{layout} LoRA does not fit the transformer: " + "; ".join(problems))
+    out = {}
+    for original, parts in modules.items():
+        down, up = parts["A"], parts["B"]
+        rank = down.shape[0]
+        scale = float(parts["alpha"]) / rank if "alpha" in parts else 1.0
+        path = by_original[original]
+        out[f"transformer.{path}.lora_A.weight"] = down
+        out[f"transformer.{path}.lora_B.weight"] = (up.float() * scale).to(up.dtype)
+    return out
+
+
+def to_comfyui(state_dict: dict[str, torch.Tensor], transformer, alpha: float | None = None) -> dict:
+    """diffusers keys -> ComfyUI ``diffusion_model.<original>.lora_down/lora_up/alpha`` (alpha = rank unless
+    given, so the effective scale is whatever the diffusers weights carry, times ``alpha/rank``)."""
+    by_path = {path: original for original, path in linear_modules(transformer).items()}
+    out = {}
+    for key, tensor in state_dict.items():
+        match = re.match(r"^transformer\.(.+)\.lora_([AB])\.weight$", key)
+        if not match or match.group(1) not in by_path:
+            raise LoraFormatError(f"key {key!r} is not a diffusers LoRA key of this transformer")
+        original = by_path[match.group(1)]
+        out[f"diffusion_model.{original}.lora_{'down' if match.group(2) == 'A' else 'up'}.weight"] = tensor
+        if match.group(2) == "A":
+            out[f"diffusion_model.{original}.alpha"] = torch.tensor(float(alpha or tensor.shape[0]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- files
+def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LoRA file not found: {path}")
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for truncated or foreign files
+        raise LoraFormatError(f"{path} is not a readable safetensors LoRA ({error})") from error
+
+
+def load_lora(pipe, path: str | Path, expert: str = "high", adapter_name: str = "ffgo", weight_name: str | None = None,
+              expected_modules: int | None = None) -> str:
+    """Load a LoRA of any supported layout into ``pipe``: ``expert="high"`` (or ``"main"``) → ``transformer``,
+    ``"low"`` → ``transformer_2``. A folder is read with diffusers' own loader (its metadata keeps alpha)."""
+    if expert not in ("high", "low", "main"):
+        raise ValueError(f"expert={expert!r}: use 'high', 'low' or 'main'")
+    into_2 = expert == "low"
+    if into_2 and getattr(pipe, "transformer_2", None) is None:
+        raise ValueError("expert='low' needs a two-expert pipeline (Wan2.2-A14B); this one has no transformer_2")
+    path = Path(path)
+    if path.is_dir():
+        pipe.load_lora_weights(str(path), weight_name=weight_name or WEIGHT_NAMES[expert], adapter_name=adapter_name,
+                               load_into_transformer_2=into_2)
+        return adapter_name
+    transformer = pipe.transformer_2 if into_2 else pipe.transformer
+    state_dict = to_diffusers(read_lora_file(path), transformer, expected_modules)
+    pipe.load_lora_weights(state_dict, adapter_name=adapter_name, load_into_transformer_2=into_2)
+    return adapter_name
+
+
+def load_ffgo_lora(pipe, high: str | Path, low: str | Path | None = None, adapter_name: str = "ffgo") -> None:
+    """The official FFGo pair: the *High* file into ``transformer``, the *Low* one into ``transformer_2``
+    (VideoX-Fun names them the other way round), each checked for FFGo's module count."""
+    load_lora(pipe, high, "high", adapter_name, expected_modules=target_module_count(pipe.transformer))
+    if low is not None:
+        load_lora(pipe, low, "low", adapter_name, expected_modules=target_module_count(pipe.transformer_2))
+
+
+def save_lora(transformer, directory: str | Path, expert: str = "main", adapter_name: str = "default") -> Path:
+    """Save ``transformer``'s peft adapter in diffusers format with its adapter metadata, atomically."""
+    from diffusers import WanImageToVideoPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    from .io import atomic_path
+
+    directory = Path(directory)
+    config = transformer.peft_config[adapter_name]
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(transformer, adapter_name=adapter_name))
+    target = directory / WEIGHT_NAMES[expert]
+    with atomic_path(target) as tmp:
+        WanImageToVideoPipeline.save_lora_weights(
+            tmp.parent, transformer_lora_layers=state, weight_name=tmp.name,
+            transformer_lora_adapter_metadata=config.to_dict())
+    return target
