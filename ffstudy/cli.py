@@ -167,6 +167,52 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: use comma-separated integers, e.g. 0,4,8") from None
 
 
+def cmd_data(args) -> int:
+    from .data import CLIP_LENGTHS, FewShotDataset, check_dataset
+
+    if args.data_command == "check":
+        dataset = FewShotDataset.load(args.manifest)
+        frames = args.frames or CLIP_LENGTHS[args.clip_length]
+        problems = check_dataset(dataset, frames, args.height, args.width)
+        for problem in problems:
+            print(f"  {problem}")
+        print(f"{args.manifest}: {len(dataset)} examples, "
+              + (f"{len(problems)} problem(s)" if problems else f"ready for {frames}-frame clips"))
+        return 1 if problems else 0
+    if args.data_command == "export-official":
+        path = FewShotDataset.load(args.manifest).export_official(args.json, args.composites)
+        print(f"wrote {path} and composites under {args.composites}")
+        return 0
+    dataset = FewShotDataset.import_official(args.json, args.data_root)
+    print(f"wrote {dataset.save(args.out)} ({len(dataset)} examples)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import main as train_main
+
+    return train_main(["--config", args.config] + (["--resume"] if args.resume else [])
+                      + (["--max-steps", str(args.max_steps)] if args.max_steps else []))
+
+
+def cmd_lora(args) -> int:
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+    from .lora import read_lora_file, to_comfyui, to_diffusers
+    from .models import load_pipeline
+
+    pipe = load_pipeline(args.model, path=args.path)
+    transformer = pipe.transformer_2 if args.expert == "low" else pipe.transformer
+    state = to_diffusers(read_lora_file(args.input), transformer)
+    if args.to == "comfyui":
+        state = to_comfyui(state, transformer)
+    with atomic_path(args.output) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    print(f"wrote {args.output}: {len(state)} tensors in {args.to} layout")
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import list_backbones
 
@@ -219,6 +265,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-head", action="store_true", help="also keep per-head masses")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("data", help="few-shot dataset tools: check, export/import the official FFGo JSON")
+    data = p.add_subparsers(dest="data_command", required=True)
+    q = data.add_parser("check", help="list every problem of a dataset before training",
+                        description="Checks files, readability, clip length, sizes, duplicate ids and captions.")
+    q.add_argument("manifest")
+    q.add_argument("--clip-length", choices=("official", "paper"), default="official")
+    q.add_argument("--frames", type=int, help="frames each clip needs (overrides --clip-length)")
+    q.add_argument("--height", type=int)
+    q.add_argument("--width", type=int)
+    q = data.add_parser("export-official", help="write the VideoX-Fun JSON and composites")
+    q.add_argument("manifest")
+    q.add_argument("--json", required=True)
+    q.add_argument("--composites", required=True, help="folder for the composite PNGs")
+    q = data.add_parser("import-official", help="read a VideoX-Fun JSON into an ffstudy manifest")
+    q.add_argument("json")
+    q.add_argument("--data-root", help="folder that relative file_path entries start from")
+    q.add_argument("--out", required=True, help="manifest to write")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train an FFGo LoRA from a YAML config (see configs/)",
+                       description="Same as python -m ffstudy.train; for several processes use "
+                                   "accelerate launch --multi_gpu --num_processes N -m ffstudy.train.")
+    p.add_argument("--config", required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--max-steps", type=int)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("lora", help="convert a LoRA between kohya/VideoX-Fun, ComfyUI and diffusers layouts")
+    p.add_argument("input", help="a .safetensors LoRA in any supported layout")
+    p.add_argument("output", help="the .safetensors file to write")
+    p.add_argument("--to", choices=("diffusers", "comfyui"), default="diffusers")
+    p.add_argument("--model", default="wan2.2-i2v-a14b", help="backbone whose module names the LoRA uses")
+    p.add_argument("--path", help="local folder of that backbone")
+    p.add_argument("--expert", choices=("high", "low"), default="high")
+    p.set_defaults(func=cmd_lora)
 
     p = sub.add_parser("models", help="list the registered backbones")
     p.set_defaults(func=cmd_models)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,7 +78,15 @@ class FewShotDataset:
         return cls(examples, manifest.parent)
 
     def save(self, manifest: str | Path) -> Path:
-        return write_json(manifest, {"version": 1, "examples": [asdict(e) for e in self.examples]})
+        """Write the manifest; paths are rewritten relative to its folder, wherever that is."""
+        folder = Path(manifest).resolve().parent
+
+        def moved(relative):
+            return None if relative is None else os.path.relpath(self.path(relative).resolve(), folder)
+
+        rows = [{**asdict(e), "video": moved(e.video), "cutouts": [moved(c) for c in e.cutouts],
+                 "background": moved(e.background), "composite": moved(e.composite)} for e in self.examples]
+        return write_json(manifest, {"version": 1, "examples": rows})
 
     # -- the FFGo composite and training clip
     def composite(self, example: Example, **compose_kwargs) -> Composite | object:

@@ -57,7 +57,8 @@ def linear_modules(transformer) -> dict[str, str]:
     """Wan original name -> diffusers path, for every base Linear of the transformer with an original name."""
     names = {}
     for path, module in transformer.named_modules():
-        if isinstance(module, torch.nn.Linear) and ".lora_" not in path and "base_layer" not in path:
+        if isinstance(module, torch.nn.Linear) and ".lora_" not in path:
+            path = path.removesuffix(".base_layer")  # a Linear already wrapped by peft
             original = original_name(path)
             if original is not None:
                 names[original] = path

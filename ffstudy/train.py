@@ -1,0 +1,385 @@
+"""Few-shot FFGo LoRA training on accelerate: read it top to bottom in :func:`train_expert`.
+
+Recipe (``shared/reference/ffgo-method.md`` §4, §10): peft LoRA on attn1/attn2 q,k,v,o, both FFN linears and
+``condition_embedder.time_proj``; flow-matching velocity loss with FFGo's outlier mask (|err| ≤ 50); uniform
+timestep indices on the shift-5 schedule, split at the 0.9 boundary between Wan2.2's experts (high:
+``transformer``, low: ``transformer_2``, one independent run each); AdamW lr 1e-4, wd 3e-2, eps 1e-10; grad-norm
+clip 0.05; bf16 autocast on GPU; gradient checkpointing. Clips and prompts are encoded once into a latent cache,
+so a step runs only the transformer.
+
+Run with ``ffstudy train --config configs/x.yaml`` or, on several processes,
+``accelerate launch --multi_gpu --num_processes N -m ffstudy.train --config configs/x.yaml`` (on a CPU-only
+machine this gives N gloo processes; plain ``--num_processes`` without ``--multi_gpu`` starts only one).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from .data import CLIP_LENGTHS, FewShotDataset, LatentCache, check_dataset, clip_key, encode_clip
+from .lora import FFGO_TARGET_MODULES, WEIGHT_NAMES, save_lora, target_module_count
+from .io import write_json
+from .models import get_backbone, load_pipeline
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    manifest: str
+    model: str = "tiny-wan2.2-i2v"
+    model_path: str | None = None
+    output_dir: str = "outputs/train"
+    expert: str = "both"  # "high", "low", "both" (two-expert models) or "full" (whole range, one transformer)
+    height: int = 64
+    width: int = 112
+    clip_length: str | int = "official"  # "official" (21 frames), "paper" (81) or a frame count 4k+1
+    rank: int = 128
+    alpha: float = 128.0
+    target_modules: list[str] = field(default_factory=lambda: list(FFGO_TARGET_MODULES))
+    learning_rate: float = 1e-4
+    weight_decay: float = 3e-2
+    adam_epsilon: float = 1e-10
+    max_grad_norm: float = 0.05
+    batch_size: int = 1  # per process
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 600
+    checkpoint_every: int = 100
+    validation_every: int = 0  # 0: only at the end
+    validation_inference_steps: int = 50
+    flow_shift: float = 5.0
+    boundary_ratio: float = 0.9
+    loss_outlier_threshold: float = 50.0
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "auto"  # "auto": bf16 on CUDA, none on CPU
+    seed: int = 42
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {unknown}; valid ones are {sorted(known)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "manifest" in values and not Path(values["manifest"]).is_absolute() and not Path(values["manifest"]).exists():
+            values["manifest"] = str(path.parent / values["manifest"])
+        return cls(**values)
+
+
+def clip_frames(config: TrainConfig) -> int:
+    return CLIP_LENGTHS.get(config.clip_length, config.clip_length)
+
+
+# --------------------------------------------------------------------------------------------- timesteps
+def expert_timestep_range(expert: str, boundary_ratio: float, flow_shift: float) -> tuple[torch.Tensor, int, int]:
+    """Training sigmas of the shift-``flow_shift`` schedule (1000, descending) and the index range
+    ``[lo, hi)`` an expert trains on: high = timesteps above ``boundary_ratio·1000``, low = the rest."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=flow_shift)
+    sigmas = scheduler.sigmas[:1000].clone()  # 1000 training sigmas (a trailing 0 appears only after set_timesteps)
+    boundary = int(torch.argmin((scheduler.timesteps - boundary_ratio * 1000).abs()))
+    lo, hi = {"high": (0, boundary), "low": (boundary, 1000), "full": (0, 1000), "main": (0, 1000)}[expert]
+    return sigmas, lo, hi
+
+
+def masked_velocity_loss(prediction, target, threshold: float, mask=None) -> torch.Tensor:
+    """FFGo's loss: squared error on elements with |error| ≤ threshold, averaged over all (masked) elements."""
+    error = prediction.float() - target.float()
+    keep = error.abs() <= threshold
+    if mask is not None:
+        keep = keep & mask.bool().expand_as(keep)
+        return (error.pow(2) * keep).sum() / mask.expand_as(error).sum().clamp(min=1)
+    return (error.pow(2) * keep).mean()
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def latest_checkpoint(directory: Path) -> Path | None:
+    done = sorted(p for p in directory.glob("checkpoint-*") if p.is_dir() and (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def write_checkpoint(accelerator, directory: Path, step: int, transformer, optimizer, generator, expert: str) -> None:
+    """All ranks write their RNG state into a temporary folder; the main rank adds the LoRA, optimizer and
+    step, then renames it into place, so a kill at any moment leaves the previous checkpoint intact."""
+    final = directory / f"checkpoint-{step:06d}"
+    staging = directory / f".checkpoint-{step:06d}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(generator.get_state(), staging / f"rng-{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_lora(accelerator.unwrap_model(transformer), staging, expert)
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        (staging / "state.json").write_text(json.dumps({"step": step, "expert": expert}))
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+    accelerator.wait_for_everyone()
+
+
+def read_checkpoint(accelerator, checkpoint: Path, transformer, optimizer, generator, expert: str) -> int:
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    lora = load_file(str(checkpoint / WEIGHT_NAMES[expert]))
+    lora = {k.removeprefix("transformer."): v for k, v in lora.items()}
+    set_peft_model_state_dict(accelerator.unwrap_model(transformer), convert_unet_state_dict_to_peft(lora))
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    generator.set_state(torch.load(checkpoint / f"rng-{accelerator.process_index}.pt", weights_only=True))
+    return json.loads((checkpoint / "state.json").read_text())["step"]
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """On resume, drop logged rows past the checkpoint so the log reads as one uninterrupted run."""
+    if path.is_file():
+        rows = list(csv.DictReader(path.open()))
+        kept = [r for r in rows if int(r["step"]) <= step]
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(kept)
+
+
+LOG_FIELDS = ["step", "expert", "loss", "grad_norm", "sigma", "learning_rate", "seconds"]
+
+
+# --------------------------------------------------------------------------------------------- the loop
+def encode_dataset(accelerator, pipe, config: TrainConfig) -> list[dict[str, torch.Tensor]]:
+    dataset = FewShotDataset.load(config.manifest)
+    settings = dict(model=config.model, height=config.height, width=config.width, clip_length=config.clip_length)
+    problems = check_dataset(dataset, clip_frames(config), config.height, config.width)
+    if problems:
+        raise ValueError(f"{config.manifest}: {len(problems)} problem(s), fix them before training:\n  "
+                         + "\n  ".join(problems))
+    cache = LatentCache(config.cache_dir or Path(config.output_dir) / "cache")
+    with accelerator.main_process_first():  # rank 0 encodes, the others read its cache
+        return [cache.get(clip_key(dataset, e, settings), lambda e=e: encode_clip(
+            pipe, dataset.training_clip(e, config.height, config.width, config.clip_length)))
+            for e in dataset.examples]
+
+
+def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pipeline: bool = False
+                 ) -> "TrainResult":
+    """Train one LoRA (one expert); the result names its folder and diffusers-format file."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+    from peft import LoraConfig
+    from tqdm.auto import tqdm
+
+    cuda = torch.cuda.is_available()
+    precision = ("bf16" if cuda else "no") if config.mixed_precision == "auto" else config.mixed_precision
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=precision,
+                              gradient_accumulation_steps=config.gradient_accumulation_steps)
+    run_dir = Path(config.output_dir) / expert
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+
+    # 1. the backbone, frozen, with a fresh LoRA on the expert being trained
+    pipe = load_pipeline(config.model, device=accelerator.device, path=config.model_path)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.transformer, pipe.transformer_2, pipe.vae, pipe.text_encoder, pipe.image_encoder):
+        if module is not None:
+            module.requires_grad_(False)
+    transformer = pipe.transformer_2 if expert == "low" else pipe.transformer
+    expected = target_module_count(transformer, config.target_modules)
+    lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=config.target_modules,
+                             init_lora_weights=True)
+    transformer.add_adapter(lora_config)
+    params = [p for n, p in transformer.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    wrapped = sum(1 for n, _ in transformer.named_modules() if n.endswith(".lora_A"))
+    if wrapped != expected:
+        raise RuntimeError(f"peft wrapped {wrapped} modules, expected {expected} for {config.target_modules}")
+    if config.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+
+    # 2. clips and prompts, encoded once
+    encoded = encode_dataset(accelerator, pipe, config)
+
+    # 3. optimiser, distribution, and where to start
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.999),
+                                  weight_decay=config.weight_decay, eps=config.adam_epsilon)
+    transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    generator = torch.Generator().manual_seed(config.seed + 1000 * accelerator.process_index)
+    sigmas, lo, hi = expert_timestep_range(expert, config.boundary_ratio, config.flow_shift)
+    step, log_path = 0, run_dir / "loss.csv"
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        step = read_checkpoint(accelerator, checkpoint, transformer, optimizer, generator, expert)
+        accelerator.print(f"resumed {expert} from {checkpoint} at step {step}")
+    if accelerator.is_main_process:
+        if checkpoint is not None:
+            _trim_log(log_path, step)
+        elif log_path.exists():
+            log_path.unlink()
+    accelerator.print(f"training the {expert} expert: {len(params)} LoRA tensors on {expected} modules, "
+                      f"timestep indices [{lo}, {hi}), {len(encoded)} clips, {accelerator.num_processes} process(es)")
+
+    # 4. the loop
+    bar = tqdm(total=config.max_steps, initial=step, desc=f"FFGo LoRA ({expert})",
+               disable=not accelerator.is_local_main_process)
+    while step < config.max_steps:
+        started = time.perf_counter()
+        for _ in range(config.gradient_accumulation_steps):
+            with accelerator.accumulate(transformer):
+                batch = [encoded[int(i)] for i in torch.randint(len(encoded), (config.batch_size,),
+                                                                generator=generator)]
+                take = lambda key: torch.cat([b[key] for b in batch]).to(accelerator.device)  # noqa: E731
+                mean, std = take("latent_mean"), take("latent_std")
+                x0 = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)
+                noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+                index = torch.randint(lo, hi, (len(batch),), generator=generator)
+                sigma = sigmas[index].to(x0.device).view(-1, 1, 1, 1, 1)
+                noisy = (1 - sigma) * x0 + sigma * noise
+                target = noise - x0
+                timestep = sigma.flatten() * 1000
+                if "first_frame_mask" in batch[0]:  # Wan2.2-TI2V: clean first frame, per-token timesteps
+                    frame_mask = take("first_frame_mask")
+                    model_input = (1 - frame_mask) * take("condition") + frame_mask * noisy
+                    timestep = (frame_mask[:, 0, :, ::2, ::2] * timestep.view(-1, 1, 1, 1)).flatten(1)
+                else:
+                    frame_mask = None
+                    model_input = torch.cat([noisy, take("condition")], dim=1)
+                with accelerator.autocast():
+                    prediction = transformer(
+                        hidden_states=model_input, timestep=timestep, encoder_hidden_states=take("prompt_embeds"),
+                        encoder_hidden_states_image=take("image_embeds") if "image_embeds" in batch[0] else None,
+                        return_dict=False)[0]
+                loss = masked_velocity_loss(prediction, target, config.loss_outlier_threshold, frame_mask)
+                mean_loss = accelerator.reduce(loss.detach(), "mean")
+                if not torch.isfinite(mean_loss):
+                    last = latest_checkpoint(run_dir)
+                    raise TrainingDivergedError(
+                        f"{expert} expert: loss became {mean_loss.item()} at step {step + 1}; stopped without "
+                        f"saving. Last good checkpoint: {last or 'none yet'}. Lower learning_rate, check the data "
+                        f"(ffstudy data check) or resume from that checkpoint.")
+                accelerator.backward(loss)
+                grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm) \
+                    if accelerator.sync_gradients else None
+                optimizer.step()
+                optimizer.zero_grad()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{mean_loss.item():.4f}")
+        if accelerator.is_main_process:
+            new = not log_path.exists()
+            with log_path.open("a", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+                if new:
+                    writer.writeheader()
+                writer.writerow(dict(step=step, expert=expert, loss=f"{mean_loss.item():.8f}",
+                                     grad_norm=f"{float(grad_norm):.6f}", sigma=f"{float(sigma.mean()):.4f}",
+                                     learning_rate=config.learning_rate,
+                                     seconds=f"{time.perf_counter() - started:.4f}"))
+        if step % config.checkpoint_every == 0 or step == config.max_steps:
+            write_checkpoint(accelerator, run_dir, step, transformer, optimizer, generator, expert)
+        if config.validation_every and step % config.validation_every == 0 and step < config.max_steps:
+            validate(accelerator, pipe, config, run_dir, step)
+    bar.close()
+
+    # 5. the final LoRA, a check that every process holds the same weights, and a validation video
+    replicas = gather_object([_digest(params)])
+    if accelerator.is_main_process:
+        save_lora(accelerator.unwrap_model(transformer), run_dir, expert)
+        write_json(run_dir / "replicas.json", {"lora_sha256": replicas, "in_sync": len(set(replicas)) == 1})
+        if len(set(replicas)) != 1:
+            raise RuntimeError(f"processes ended with different LoRA weights: {replicas}")
+    validate(accelerator, pipe, config, run_dir, step)
+    accelerator.wait_for_everyone()
+    losses = [float(r["loss"]) for r in csv.DictReader(log_path.open())] if accelerator.is_main_process else []
+    return TrainResult(run_dir, run_dir / WEIGHT_NAMES[expert], losses, pipe if keep_pipeline else None)
+
+
+def _digest(params) -> str:
+    digest = hashlib.sha256()
+    for p in params:
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class TrainResult:
+    folder: Path
+    lora: Path
+    losses: list[float]
+    pipe: object = None  # the pipeline with the trained adapter, when asked for
+
+
+def validate(accelerator, pipe, config: TrainConfig, run_dir: Path, step: int) -> None:
+    """A video from the first training example's composite, with the settings of final inference."""
+    if not accelerator.is_main_process:
+        return
+    from .generate import generate
+
+    dataset = FewShotDataset.load(config.manifest)
+    example = dataset.examples[0]
+    video = generate(pipe, dataset.composite(example), example.caption, height=config.height, width=config.width,
+                     num_frames=clip_frames(config), num_inference_steps=config.validation_inference_steps,
+                     boundary_ratio=config.boundary_ratio, flow_shift=config.flow_shift, progress=False)
+    video.save(run_dir / "validation" / f"step-{step:06d}")
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict[str, "TrainResult"]:
+    """Train the experts ``config.expert`` asks for, one after the other; returns ``{expert: result}``."""
+    two_experts = get_backbone(config.model).family == "wan2.2-i2v"
+    if config.expert == "both":
+        if not two_experts:
+            raise ValueError(f"expert='both' needs a two-expert backbone; {config.model} has one: use 'full'")
+        experts = ["high", "low"]
+    elif config.expert in ("high", "low"):
+        if not two_experts:
+            raise ValueError(f"expert={config.expert!r} needs a two-expert backbone; use 'full' for {config.model}")
+        experts = [config.expert]
+    elif config.expert == "full":
+        experts = ["main"]
+    else:
+        raise ValueError(f"expert={config.expert!r}: use 'high', 'low', 'both' or 'full'")
+    return {expert: train_expert(config, expert, resume) for expert in experts}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ffstudy train", description="Train an FFGo LoRA from a YAML config.")
+    parser.add_argument("--config", required=True, help="YAML file of TrainConfig settings (see configs/)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    parser.add_argument("--max-steps", type=int, help="override max_steps")
+    parser.add_argument("--output-dir", help="override output_dir")
+    parser.add_argument("--manifest", help="override the dataset manifest")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = TrainConfig.from_file(args.config, max_steps=args.max_steps, output_dir=args.output_dir,
+                                   manifest=args.manifest)
+    for expert, result in train(config, resume=args.resume).items():
+        if result.losses:
+            print(f"{expert}: {len(result.losses)} steps, loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; "
+                  f"LoRA in {result.lora}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

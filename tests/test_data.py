@@ -1,0 +1,111 @@
+import json
+
+import numpy as np
+import pytest
+
+from ffstudy.data import FewShotDataset, LatentCache, check_dataset, clip_key, encode_clip, resize_cover
+from ffstudy.generate import TRIGGER
+from ffstudy.io import read_video
+
+from .fewshot import make_dataset
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return FewShotDataset.load(make_dataset(tmp_path / "ds"))
+
+
+def test_training_clip_replaces_the_first_four_frames_with_the_composite(dataset):
+    example = dataset[0]
+    clip = dataset.training_clip(example, 64, 112, clip_length=13)
+    video, _ = read_video(dataset.path(example.video))
+    assert clip.frames.shape == (13, 64, 112, 3)
+    composite = np.asarray(clip.first_frame.image)
+    assert all(np.array_equal(clip.frames[i], composite) for i in range(4))
+    assert np.array_equal(clip.frames[4:], video[4:13])  # same size: no resampling
+    assert clip.prompt == f"{TRIGGER} {example.caption}"
+    assert clip.first_frame.box("background").x0 > 0  # geometry travels with the fitted composite
+
+
+def test_clip_lengths_are_documented_settings(dataset):
+    with pytest.raises(ValueError, match="has 17 frames, the clip needs 21"):
+        dataset.training_clip(dataset[0], 64, 112, clip_length="official")
+    with pytest.raises(ValueError, match="clip_length='long'"):
+        dataset.training_clip(dataset[0], 64, 112, clip_length="long")
+
+
+def test_resize_cover_keeps_aspect_and_crops_the_centre():
+    frames = np.zeros((2, 40, 80, 3), np.uint8)
+    frames[:, :, 30:50] = 255  # a white band in the middle
+    out = resize_cover(frames, 40, 40)
+    assert out.shape == (2, 40, 40, 3) and out[0, 20, 20, 0] == 255 and out[0, 20, 2, 0] == 0
+
+
+def test_manifest_and_official_json_round_trip(dataset, tmp_path):
+    again = FewShotDataset.load(dataset.save(tmp_path / "elsewhere" / "copy.json"))
+    assert [again.path(e.video).resolve() for e in again] == [dataset.path(e.video).resolve() for e in dataset]
+    assert [e.caption for e in again] == [e.caption for e in dataset]
+    official = dataset.export_official(tmp_path / "train.json", tmp_path / "combined")
+    rows = json.loads(official.read_text())
+    assert rows[0]["type"] == "video" and rows[0]["text"].startswith(TRIGGER)
+    assert rows[0]["image_path"].endswith("clip_000/combined.png")
+    imported = FewShotDataset.import_official(official)
+    assert [e.caption for e in imported] == [e.caption for e in dataset]
+    clip = imported.training_clip(imported[0], 64, 112, clip_length=9)
+    assert clip.prompt.count("ad23r2") == 1 and clip.frames.shape == (9, 64, 112, 3)
+    with pytest.raises(ValueError, match="not an official FFGo JSON"):
+        (tmp_path / "bad.json").write_text('{"a": 1}')
+        FewShotDataset.import_official(tmp_path / "bad.json")
+
+
+def test_data_check_lists_every_problem(dataset, tmp_path):
+    assert check_dataset(dataset, 17, 64, 112) == []
+    e = dataset.examples
+    e[1].id = e[0].id
+    e[1].caption = "  "
+    e[2].cutouts = ["clip_002/missing.png"]
+    (tmp_path / "ds" / "clip_000" / "video.mp4").write_bytes(b"garbage")
+    problems = check_dataset(dataset, 17, 128, 224)
+    text = "\n".join(problems)
+    assert "duplicate id 'clip_000'" in text
+    assert "empty caption" in text
+    assert "missing.png" in text
+    assert "clip_000/video.mp4 is not a readable video" in text
+    assert "smaller than the training size 224x128" in text
+    assert any("clip_002" in p and "smaller" in p for p in problems)
+    assert len(check_dataset(dataset, 40)) >= 2  # too short: every readable video named
+
+
+def test_cli_data_check(dataset, tmp_path, capsys):
+    from ffstudy.cli import main
+
+    manifest = dataset.save(tmp_path / "m.json")
+    assert main(["data", "check", str(manifest), "--frames", "17"]) == 0
+    dataset.examples[0].video = "nowhere.mp4"
+    bad = dataset.save(tmp_path / "bad.json")
+    assert main(["data", "check", str(bad), "--frames", "40"]) == 1
+    out = capsys.readouterr().out
+    assert "nowhere.mp4" in out and "has 17 frames, training needs 40" in out
+
+
+def test_latent_cache_is_keyed_by_content(dataset, tiny_pipe, tmp_path):
+    pipe = tiny_pipe()
+    settings = {"height": 64, "width": 112, "clip_length": 9}
+    key = clip_key(dataset, dataset[0], settings)
+    assert key == clip_key(dataset, dataset[0], settings)
+    assert key != clip_key(dataset, dataset[1], settings)
+    assert key != clip_key(dataset, dataset[0], {**settings, "height": 32})
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return encode_clip(pipe, dataset.training_clip(dataset[0], 64, 112, 9))
+
+    cache = LatentCache(tmp_path / "cache")
+    first = cache.get(key, compute)
+    second = cache.get(key, compute)
+    assert len(calls) == 1 and first.keys() == second.keys()
+    assert first["latent_mean"].shape == (1, 16, 3, 8, 14)
+    assert first["condition"].shape == (1, 20, 3, 8, 14)  # 4 mask channels + 16 first-frame latents
+    assert first["condition"][0, :4, 0].eq(1).all() and first["condition"][0, :4, 1:].eq(0).all()
+    assert first["prompt_embeds"].shape[1] == 512

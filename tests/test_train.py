@@ -1,0 +1,147 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from ffstudy.compose import compose_first_frame
+from ffstudy.generate import generate
+from ffstudy.lora import load_lora
+from ffstudy.models import load_pipeline
+from ffstudy.train import TrainConfig, TrainingDivergedError, expert_timestep_range, train, train_expert
+
+from .fewshot import make_dataset
+
+BIN = Path(sys.executable).parent
+
+
+def config(tmp_path, **overrides):
+    values = dict(manifest=str(make_dataset(tmp_path / "ds")), output_dir=str(tmp_path / "run"), clip_length=13,
+                  rank=4, alpha=8, learning_rate=1e-3, max_grad_norm=1.0, max_steps=6, checkpoint_every=2,
+                  validation_inference_steps=2)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def write_config(tmp_path, cfg: TrainConfig) -> Path:
+    from dataclasses import asdict
+
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(asdict(cfg)))
+    return path
+
+
+def test_expert_timestep_ranges_split_at_the_boundary():
+    sigmas, lo, hi = expert_timestep_range("high", 0.9, 5.0)
+    # the official split (ffgo-method.md §4.3): high sigma in (0.9004, 1], low in [0.00498, 0.9001]
+    assert (lo, hi) == (0, 357)
+    assert float(sigmas[0]) == 1.0 and round(float(sigmas[356]), 4) == 0.9004
+    assert round(float(sigmas[357]), 4) == 0.9001 and round(float(sigmas[999]), 5) == 0.00498
+    assert expert_timestep_range("low", 0.9, 5.0)[1:] == (357, 1000)
+    assert expert_timestep_range("full", 0.9, 5.0)[1:] == (0, 1000)
+
+
+def test_trained_lora_changes_output_and_round_trips_bit_identically(tmp_path, cutout, plate):
+    result = train_expert(config(tmp_path), "high", keep_pipeline=True)
+    assert len(result.losses) == 6 and result.lora.name == "high_noise_lora.safetensors"
+    comp = compose_first_frame([cutout], plate)
+    kwargs = dict(num_inference_steps=3, progress=False)
+    trained = generate(result.pipe, comp, "a ball", **kwargs)
+    fresh = load_pipeline("tiny-wan2.2-i2v")
+    base = generate(fresh, comp, "a ball", **kwargs)
+    load_lora(fresh, result.folder, "high")
+    reloaded = generate(fresh, comp, "a ball", **kwargs)
+    assert np.array_equal(reloaded.frames, trained.frames)
+    assert not np.array_equal(base.frames, trained.frames)
+    assert (result.folder / "validation" / "step-000006" / "video.mp4").is_file()
+
+
+def test_both_experts_and_single_expert_models(tmp_path):
+    results = train(config(tmp_path, max_steps=2))
+    assert set(results) == {"high", "low"}
+    assert (results["low"].folder / "low_noise_lora.safetensors").is_file()
+    fresh = load_pipeline("tiny-wan2.2-i2v")
+    load_lora(fresh, results["low"].folder, "low")  # into transformer_2
+    assert fresh.transformer_2.peft_config and not getattr(fresh.transformer, "peft_config", None)
+    single = train(config(tmp_path, model="tiny-wan2.2-ti2v", expert="full", max_steps=2, height=64, width=128,
+                          output_dir=str(tmp_path / "ti2v"),
+                          manifest=str(make_dataset(tmp_path / "ds128", size=(64, 128)))))
+    assert (single["main"].folder / "pytorch_lora_weights.safetensors").is_file()
+    with pytest.raises(ValueError, match="needs a two-expert backbone"):
+        train(config(tmp_path, model="tiny-wan2.1-i2v", expert="both"))
+
+
+def test_two_processes_with_accelerate_train_in_sync(tmp_path):
+    cfg = config(tmp_path, max_steps=30, checkpoint_every=30)
+    path = write_config(tmp_path, cfg)
+    command = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29731",
+               "-m", "ffstudy.train", "--config", str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ,
+                                                                                     "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout + done.stderr
+    for expert in ("high", "low"):
+        replicas = yaml.safe_load((tmp_path / "run" / expert / "replicas.json").read_text())
+        assert len(replicas["lora_sha256"]) == 2 and replicas["in_sync"]
+        losses = np.loadtxt(tmp_path / "run" / expert / "loss.csv", delimiter=",", skiprows=1, usecols=2)
+        assert len(losses) == 30 and losses[-10:].mean() < losses[:10].mean()
+
+
+def _losses(folder):
+    return np.loadtxt(folder / "loss.csv", delimiter=",", skiprows=1, usecols=2)
+
+
+def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(tmp_path):
+    steps = 60
+    reference = train_expert(config(tmp_path, max_steps=steps, checkpoint_every=4,
+                                    output_dir=str(tmp_path / "ref")), "high")
+    cfg = config(tmp_path, max_steps=steps, checkpoint_every=4, expert="high", output_dir=str(tmp_path / "killed"))
+    command = [sys.executable, "-m", "ffstudy.train", "--config", str(write_config(tmp_path, cfg))]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "killed" / "high"
+    deadline = time.time() + 120
+    while not (run / "checkpoint-000008").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpoints = sorted(p.name for p in run.glob("checkpoint-*"))
+    assert checkpoints and checkpoints[-1] < f"checkpoint-{steps:06d}", "the run finished before the kill"
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed high from" in resumed.stdout + resumed.stderr
+    assert np.allclose(_losses(run), reference.losses, rtol=0, atol=1e-6)
+    assert len(_losses(run)) == steps
+    final = load_file(str(run / "high_noise_lora.safetensors"))
+    expected = load_file(str(reference.lora))
+    assert all(torch.allclose(final[k], expected[k], atol=1e-6) for k in expected)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = config(tmp_path, max_steps=4, expert="high")
+    train(cfg)
+    for cached in (tmp_path / "run" / "cache").glob("*.safetensors"):
+        tensors = load_file(str(cached))
+        tensors["latent_mean"][:] = float("nan")
+        save_file(tensors, str(cached))
+    cfg.max_steps = 8
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 5.*checkpoint-000004"):
+        train(cfg, resume=True)
+    assert (tmp_path / "run" / "high" / "checkpoint-000004" / "high_noise_lora.safetensors").is_file()
+    assert not (tmp_path / "run" / "high" / "checkpoint-000006").exists()
+
+
+def test_config_files_reject_unknown_settings(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("manifest: m.json\nlearning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="unknown settings \\['learning_rat'\\]"):
+        TrainConfig.from_file(path)
+    with pytest.raises(ValueError, match="problem"):
+        train(config(tmp_path, clip_length=21))  # clips of 17 frames: data check fails before training
