@@ -213,6 +213,31 @@ def cmd_lora(args) -> int:
     return 0
 
 
+def cmd_spriteworld(args) -> int:
+    if args.sw_command == "pretrain":
+        from .spriteworld.pretrain import main as pretrain_main
+
+        return pretrain_main(["--config", args.config, "--out", args.out])
+    if args.sw_command == "evaluate":
+        from .spriteworld.card import main as card_main
+
+        return card_main(["--model", args.model_dir, "--videos", str(args.videos)] + (["--reuse"] if args.reuse else []))
+    if args.sw_command == "fewshot":
+        from .spriteworld.fewshot import write_fewshot_dataset
+
+        manifest = write_fewshot_dataset(args.out, args.examples, args.seed)
+        print(f"wrote {args.examples} FFGo examples: {manifest}")
+        return 0
+    from .spriteworld.fewshot import write_clip
+    from .spriteworld.world import generate_clip
+
+    clip = generate_clip(args.seed, cut=args.cut)
+    write_clip(clip, args.out)
+    print(f"seed {args.seed}: {clip.caption}")
+    print(f"wrote {args.out}/video.mp4, cut-outs, background.png, masks.npz and clip.json")
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import list_backbones
 
@@ -301,6 +326,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="local folder of that backbone")
     p.add_argument("--expert", choices=("high", "low"), default="high")
     p.set_defaults(func=cmd_lora)
+
+    p = sub.add_parser("spriteworld", help="the procedural video world and its pretrained model")
+    sw = p.add_subparsers(dest="sw_command", required=True)
+    q = sw.add_parser("generate", help="render one clip with its ground truth and FFGo materials")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--cut", action="store_true", default=None, help="force a hard scene cut")
+    q.add_argument("--out", "-o", required=True)
+    q = sw.add_parser("fewshot", help="write a few-shot FFGo dataset of SpriteWorld clips")
+    q.add_argument("--examples", type=int, default=20)
+    q.add_argument("--seed", type=int, default=2_000_000, help="first seed (default: the few-shot range)")
+    q.add_argument("--out", "-o", required=True)
+    q = sw.add_parser("pretrain", help="pretrain the SpriteWorld I2V model (VAE, then transformer)")
+    q.add_argument("--config", default="configs/spriteworld-pretrain.yaml")
+    q.add_argument("--out", default="data/models/spriteworld-i2v")
+    q = sw.add_parser("evaluate", help="measure the model on held-out seeds and write its model card")
+    q.add_argument("--model-dir", default="data/models/spriteworld-i2v")
+    q.add_argument("--videos", type=int, default=40)
+    q.add_argument("--reuse", action="store_true", help="re-render the card from the saved evaluation.json")
+    p.set_defaults(func=cmd_spriteworld)
 
     p = sub.add_parser("models", help="list the registered backbones")
     p.set_defaults(func=cmd_models)

@@ -80,6 +80,23 @@ class Composite:
         names = ", ".join(e.name for e in self.entities)
         return f"Composite({self.image.width}x{self.image.height}, layout={self.layout!r}, entities=[{names}])"
 
+    @classmethod
+    def from_labels(cls, image: Image.Image, labels: np.ndarray, names: Sequence[str],
+                    background: str | None = BACKGROUND) -> "Composite":
+        """Entity geometry from a segmentation: ``labels`` holds ``i + 1`` where ``names[i]`` is visible and 0
+        elsewhere; the 0 pixels become the entity ``background`` (or white filler when it is None)."""
+        labels = np.asarray(labels).astype(np.uint8)
+        entities = []
+        for i, name in enumerate(names):
+            ys, xs = np.nonzero(labels == i + 1)
+            box = Box(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else Box(0, 0, 0, 0)
+            entities.append(Entity(name, "object", box, box))
+        if background is not None:
+            labels = np.where(labels == 0, len(names) + 1, labels).astype(np.uint8)
+            full = Box(0, 0, image.width, image.height)
+            entities.append(Entity(background, "background", full, full))
+        return cls(image.convert("RGB"), entities, labels, "labels")
+
     @property
     def size(self) -> tuple[int, int]:
         return self.image.size

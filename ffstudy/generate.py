@@ -129,7 +129,7 @@ def generate(
     flow_shift: float = 5.0,
     seed: int = 42,
     drop_first_frames: int = 4,
-    max_sequence_length: int = 512,
+    max_sequence_length: int | None = None,
     fps: int = 16,
     progress: bool = True,
     output_dir: str | Path | None = None,
@@ -140,10 +140,12 @@ def generate(
     ``height``, ``width`` default to the backbone's native clip (81 frames at 1280×720 for Wan2.2-A14B) at the
     composite's aspect ratio. ``guidance_scale_2`` (low-noise expert) defaults to ``guidance_scale``;
     ``boundary_ratio`` only matters for two-expert backbones. ``trigger=None`` leaves the prompt alone.
+    ``max_sequence_length`` defaults to the text length the backbone was trained with (512 for Wan).
     With ``output_dir`` the result is also saved there.
     """
     spec = backbone_of(pipe)
     num_frames = num_frames or (spec.default_frames if spec else 81)
+    max_sequence_length = max_sequence_length or (spec.max_sequence_length if spec else 512)
     if height is None or width is None:
         first = composite.image if isinstance(composite, Composite) else load_image(composite, argument="composite")
         default_h, default_w = spec.default_size if spec else (720, 1280)

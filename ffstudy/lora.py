@@ -196,8 +196,10 @@ def load_ffgo_lora(pipe, high: str | Path, low: str | Path | None = None, adapte
         load_lora(pipe, low, "low", adapter_name, expected_modules=target_module_count(pipe.transformer_2))
 
 
-def save_lora(transformer, directory: str | Path, expert: str = "main", adapter_name: str = "default") -> Path:
-    """Save ``transformer``'s peft adapter in diffusers format with its adapter metadata, atomically."""
+def save_lora(transformer, directory: str | Path, expert: str = "main", adapter_name: str = "default",
+              state_dict: dict | None = None) -> Path:
+    """Save ``transformer``'s peft adapter in diffusers format with its adapter metadata, atomically.
+    ``state_dict``: the model's full state dict when it is sharded (``accelerator.get_state_dict``)."""
     from diffusers import WanImageToVideoPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -206,7 +208,8 @@ def save_lora(transformer, directory: str | Path, expert: str = "main", adapter_
 
     directory = Path(directory)
     config = transformer.peft_config[adapter_name]
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(transformer, adapter_name=adapter_name))
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(transformer, state_dict=state_dict,
+                                                                      adapter_name=adapter_name))
     target = directory / WEIGHT_NAMES[expert]
     with atomic_path(target) as tmp:
         WanImageToVideoPipeline.save_lora_weights(

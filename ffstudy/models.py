@@ -31,6 +31,7 @@ class BackboneSpec:
     builder: Callable[[], object] | None = field(default=None, repr=False)
     local_dir: str | None = None
     requirements: str = ""
+    max_sequence_length: int = 512  # text tokens the transformer was trained with (umT5: 512)
 
     @property
     def is_tiny(self) -> bool:
@@ -169,6 +170,15 @@ register_backbone(BackboneSpec(
                  "model CPU offload on a 40 GB one"))
 
 
+SPRITEWORLD_DIR = Path(__file__).resolve().parents[1] / "data" / "models" / "spriteworld-i2v"
+register_backbone(BackboneSpec(
+    "spriteworld", "spriteworld", "SpriteWorld I2V: Wan I2V architecture pretrained by ffstudy on procedural sprite "
+    "videos (one transformer, no image encoder); runs on a laptop CPU with real behaviour",
+    default_size=(96, 160), default_frames=17, spatial_factor=16, local_dir=str(SPRITEWORLD_DIR),
+    max_sequence_length=128, requirements="the folder data/models/spriteworld-i2v of the ffstudy repository "
+                                          "(rebuild it with `ffstudy spriteworld pretrain`)"))
+
+
 # ----------------------------------------------------------------------------------------------- loading
 def _resolve_local(spec: BackboneSpec, path: str | os.PathLike | None) -> str | None:
     if path is not None:
@@ -188,7 +198,8 @@ def _from_pretrained(spec: BackboneSpec, source: str, dtype: torch.dtype):
 
     local = Path(source).exists()
     if not local and spec.repo_id is None:
-        raise ModelNotAvailableError(f"backbone {spec.name!r}: folder {source} not found")
+        raise ModelNotAvailableError(f"backbone {spec.name!r}: folder {source} not found; it needs "
+                                     f"{spec.requirements or 'a diffusers pipeline folder'}")
     try:
         # Wan's VAE is numerically fragile in bf16; the reference implementations keep it in fp32.
         vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
@@ -221,7 +232,8 @@ def load_pipeline(name: str, device: str | torch.device | None = None, dtype: to
         if dtype not in (None, torch.float32):
             pipe.to(dtype=dtype)
     else:
-        pipe = _from_pretrained(spec, _resolve_local(spec, path) or spec.repo_id, dtype or torch.bfloat16)
+        default = torch.float32 if spec.repo_id is None else torch.bfloat16  # local small models run in fp32
+        pipe = _from_pretrained(spec, _resolve_local(spec, path) or spec.repo_id, dtype or default)
         pipe.scheduler = ffgo_scheduler(pipe.scheduler.config)
     if vae_tiling:
         pipe.vae.enable_tiling()

@@ -78,8 +78,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{path}: unknown settings {unknown}; valid ones are {sorted(known)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "manifest" in values and not Path(values["manifest"]).is_absolute() and not Path(values["manifest"]).exists():
-            values["manifest"] = str(path.parent / values["manifest"])
         return cls(**values)
 
 
@@ -98,6 +96,31 @@ def expert_timestep_range(expert: str, boundary_ratio: float, flow_shift: float)
     boundary = int(torch.argmin((scheduler.timesteps - boundary_ratio * 1000).abs()))
     lo, hi = {"high": (0, boundary), "low": (boundary, 1000), "full": (0, 1000), "main": (0, 1000)}[expert]
     return sigmas, lo, hi
+
+
+def sample_flow_inputs(batch: list[dict], sigmas, lo: int, hi: int, generator, device):
+    """One flow-matching training input from cached clips: x0 sampled from the cached latent distribution,
+    x_t = (1-σ)·x0 + σ·ε with a uniform timestep index in ``[lo, hi)``, target ε − x0 (FFGo §4.3).
+    Returns the transformer's keyword arguments, the target, the loss mask (TI2V only) and σ."""
+    def take(key):
+        return torch.cat([b[key] for b in batch]).to(device)
+
+    mean, std = take("latent_mean"), take("latent_std")
+    x0 = mean + std * torch.randn(mean.shape, generator=generator).to(device)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    sigma = sigmas[torch.randint(lo, hi, (len(batch),), generator=generator)].to(device).view(-1, 1, 1, 1, 1)
+    noisy = (1 - sigma) * x0 + sigma * noise
+    timestep = sigma.flatten() * 1000
+    if "first_frame_mask" in batch[0]:  # Wan2.2-TI2V: the clean first frame gets timestep 0, as at inference
+        frame_mask = take("first_frame_mask")
+        model_input = (1 - frame_mask) * take("condition") + frame_mask * noisy
+        timestep = (frame_mask[:, 0, :, ::2, ::2] * timestep.view(-1, 1, 1, 1)).flatten(1)
+    else:
+        frame_mask = None
+        model_input = torch.cat([noisy, take("condition")], dim=1)
+    inputs = dict(hidden_states=model_input, timestep=timestep, encoder_hidden_states=take("prompt_embeds"),
+                  encoder_hidden_states_image=take("image_embeds") if "image_embeds" in batch[0] else None)
+    return inputs, noise - x0, frame_mask, sigma
 
 
 def masked_velocity_loss(prediction, target, threshold: float, mask=None) -> torch.Tensor:
@@ -121,6 +144,7 @@ def write_checkpoint(accelerator, directory: Path, step: int, transformer, optim
     step, then renames it into place, so a kill at any moment leaves the previous checkpoint intact."""
     final = directory / f"checkpoint-{step:06d}"
     staging = directory / f".checkpoint-{step:06d}.partial"
+    full_state = accelerator.get_state_dict(transformer)  # every rank takes part when FSDP shards the model
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -128,7 +152,7 @@ def write_checkpoint(accelerator, directory: Path, step: int, transformer, optim
     torch.save(generator.get_state(), staging / f"rng-{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_lora(accelerator.unwrap_model(transformer), staging, expert)
+        save_lora(accelerator.unwrap_model(transformer), staging, expert, state_dict=full_state)
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         (staging / "state.json").write_text(json.dumps({"step": step, "expert": expert}))
         shutil.rmtree(final, ignore_errors=True)
@@ -172,9 +196,10 @@ def encode_dataset(accelerator, pipe, config: TrainConfig) -> list[dict[str, tor
         raise ValueError(f"{config.manifest}: {len(problems)} problem(s), fix them before training:\n  "
                          + "\n  ".join(problems))
     cache = LatentCache(config.cache_dir or Path(config.output_dir) / "cache")
+    text_length = pipe.ffstudy_backbone.max_sequence_length
     with accelerator.main_process_first():  # rank 0 encodes, the others read its cache
-        return [cache.get(clip_key(dataset, e, settings), lambda e=e: encode_clip(
-            pipe, dataset.training_clip(e, config.height, config.width, config.clip_length)))
+        return [cache.get(clip_key(dataset, e, {**settings, "text_length": text_length}), lambda e=e: encode_clip(
+            pipe, dataset.training_clip(e, config.height, config.width, config.clip_length), text_length))
             for e in dataset.examples]
 
 
@@ -219,6 +244,8 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
     # 2. clips and prompts, encoded once
     encoded = encode_dataset(accelerator, pipe, config)
 
+    parked = park_idle_modules(pipe, transformer, accelerator.device)
+
     # 3. optimiser, distribution, and where to start
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.999),
                                   weight_decay=config.weight_decay, eps=config.adam_epsilon)
@@ -247,27 +274,10 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
             with accelerator.accumulate(transformer):
                 batch = [encoded[int(i)] for i in torch.randint(len(encoded), (config.batch_size,),
                                                                 generator=generator)]
-                take = lambda key: torch.cat([b[key] for b in batch]).to(accelerator.device)  # noqa: E731
-                mean, std = take("latent_mean"), take("latent_std")
-                x0 = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)
-                noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-                index = torch.randint(lo, hi, (len(batch),), generator=generator)
-                sigma = sigmas[index].to(x0.device).view(-1, 1, 1, 1, 1)
-                noisy = (1 - sigma) * x0 + sigma * noise
-                target = noise - x0
-                timestep = sigma.flatten() * 1000
-                if "first_frame_mask" in batch[0]:  # Wan2.2-TI2V: clean first frame, per-token timesteps
-                    frame_mask = take("first_frame_mask")
-                    model_input = (1 - frame_mask) * take("condition") + frame_mask * noisy
-                    timestep = (frame_mask[:, 0, :, ::2, ::2] * timestep.view(-1, 1, 1, 1)).flatten(1)
-                else:
-                    frame_mask = None
-                    model_input = torch.cat([noisy, take("condition")], dim=1)
+                inputs, target, frame_mask, sigma = sample_flow_inputs(batch, sigmas, lo, hi, generator,
+                                                                       accelerator.device)
                 with accelerator.autocast():
-                    prediction = transformer(
-                        hidden_states=model_input, timestep=timestep, encoder_hidden_states=take("prompt_embeds"),
-                        encoder_hidden_states_image=take("image_embeds") if "image_embeds" in batch[0] else None,
-                        return_dict=False)[0]
+                    prediction = transformer(**inputs, return_dict=False)[0]
                 loss = masked_velocity_loss(prediction, target, config.loss_outlier_threshold, frame_mask)
                 mean_loss = accelerator.reduce(loss.detach(), "mean")
                 if not torch.isfinite(mean_loss):
@@ -297,17 +307,18 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
         if step % config.checkpoint_every == 0 or step == config.max_steps:
             write_checkpoint(accelerator, run_dir, step, transformer, optimizer, generator, expert)
         if config.validation_every and step % config.validation_every == 0 and step < config.max_steps:
-            validate(accelerator, pipe, config, run_dir, step)
+            validate(accelerator, pipe, config, run_dir, step, parked)
     bar.close()
 
     # 5. the final LoRA, a check that every process holds the same weights, and a validation video
     replicas = gather_object([_digest(params)])
+    full_state = accelerator.get_state_dict(transformer)
     if accelerator.is_main_process:
-        save_lora(accelerator.unwrap_model(transformer), run_dir, expert)
+        save_lora(accelerator.unwrap_model(transformer), run_dir, expert, state_dict=full_state)
         write_json(run_dir / "replicas.json", {"lora_sha256": replicas, "in_sync": len(set(replicas)) == 1})
         if len(set(replicas)) != 1:
             raise RuntimeError(f"processes ended with different LoRA weights: {replicas}")
-    validate(accelerator, pipe, config, run_dir, step)
+    validate(accelerator, pipe, config, run_dir, step, parked)
     accelerator.wait_for_everyone()
     losses = [float(r["loss"]) for r in csv.DictReader(log_path.open())] if accelerator.is_main_process else []
     return TrainResult(run_dir, run_dir / WEIGHT_NAMES[expert], losses, pipe if keep_pipeline else None)
@@ -328,11 +339,27 @@ class TrainResult:
     pipe: object = None  # the pipeline with the trained adapter, when asked for
 
 
-def validate(accelerator, pipe, config: TrainConfig, run_dir: Path, step: int) -> None:
+def park_idle_modules(pipe, trained, device) -> list:
+    """On a GPU, move what a training step does not use (encoders, the other expert) to the CPU: on
+    Wan2.2-A14B that frees the other 28 GB expert and the 11 GB text encoder. Validation brings them back."""
+    if torch.device(device).type != "cuda":
+        return []
+    idle = [m for m in (pipe.text_encoder, pipe.image_encoder, pipe.vae, pipe.transformer, pipe.transformer_2)
+            if m is not None and m is not trained]
+    for module in idle:
+        module.to("cpu")
+    torch.cuda.empty_cache()
+    return idle
+
+
+def validate(accelerator, pipe, config: TrainConfig, run_dir: Path, step: int, parked: list = ()) -> None:
     """A video from the first training example's composite, with the settings of final inference."""
     if not accelerator.is_main_process:
         return
     from .generate import generate
+
+    for module in parked:
+        module.to(accelerator.device)
 
     dataset = FewShotDataset.load(config.manifest)
     example = dataset.examples[0]
@@ -340,6 +367,10 @@ def validate(accelerator, pipe, config: TrainConfig, run_dir: Path, step: int) -
                      num_frames=clip_frames(config), num_inference_steps=config.validation_inference_steps,
                      boundary_ratio=config.boundary_ratio, flow_shift=config.flow_shift, progress=False)
     video.save(run_dir / "validation" / f"step-{step:06d}")
+    for module in parked:
+        module.to("cpu")
+    if parked:
+        torch.cuda.empty_cache()
 
 
 def train(config: TrainConfig, resume: bool = False) -> dict[str, "TrainResult"]:

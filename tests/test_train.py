@@ -145,3 +145,14 @@ def test_config_files_reject_unknown_settings(tmp_path):
         TrainConfig.from_file(path)
     with pytest.raises(ValueError, match="problem"):
         train(config(tmp_path, clip_length=21))  # clips of 17 frames: data check fails before training
+
+
+@pytest.mark.parametrize("name", ["spriteworld-cpu", "wan2.2-ti2v-5b", "wan2.2-i2v-a14b"])
+def test_shipped_configs_are_valid(name):
+    config = TrainConfig.from_file(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    assert config.model in {"spriteworld", "wan2.2-ti2v-5b", "wan2.2-i2v-a14b"}
+    assert (config.height % 16, config.width % 16) == (0, 0)
+    if name == "wan2.2-i2v-a14b":  # the paper recipe
+        assert (config.rank, config.alpha, config.learning_rate, config.weight_decay, config.adam_epsilon,
+                config.max_grad_norm, config.expert, config.max_steps) == (128, 128, 1e-4, 3e-2, 1e-10, 0.05,
+                                                                           "both", 600)

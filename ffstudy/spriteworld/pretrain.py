@@ -1,0 +1,201 @@
+"""Pretrain the SpriteWorld I2V model: the VAE on short crops, then the transformer on cached latents.
+
+The model is the Wan I2V architecture in miniature — ``AutoencoderKLWan`` (4×8×8 compression, z = 16),
+``WanTransformer3DModel`` with 36 input channels (16 noisy + 4 mask + 16 first-frame latents), a small frozen
+UMT5 text encoder with an offline BPE tokenizer — saved as a diffusers ``WanImageToVideoPipeline`` folder.
+The transformer is trained with the same flow-matching code as the FFGo LoRA (``ffstudy.train``), on plain
+image-to-video clips (a quarter of them with a hard scene cut).
+
+    ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out data/models/spriteworld-i2v
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import TrainingClip, encode_clip
+from ..models import ffgo_scheduler, tiny_text_encoder, tiny_tokenizer
+from ..train import expert_timestep_range, masked_velocity_loss, sample_flow_inputs
+from .world import WorldConfig, generate_clip
+
+
+@dataclass
+class PretrainConfig:
+    seed: int = 0
+    threads: int = 2
+    # VAE
+    vae_base_dim: int = 12
+    vae_steps: int = 1200
+    vae_batch: int = 4
+    vae_frames: int = 5  # frame 0 alone + one group of 4: both paths of the causal VAE
+    vae_crop: int = 64
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    # transformer
+    layers: int = 6
+    heads: int = 4
+    head_dim: int = 32
+    ffn_dim: int = 512
+    text_dim: int = 64
+    max_sequence_length: int = 128
+    train_clips: int = 500  # first training seed is 10_000; held-out evaluation seeds start at 1_000_000
+    transformer_steps: int = 3000
+    transformer_batch: int = 16
+    transformer_lr: float = 5e-4
+    flow_shift: float = 3.0  # sampling shift for training sigmas (inference uses FFGo's 5)
+    max_grad_norm: float = 1.0
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "PretrainConfig":
+        import yaml
+
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {unknown}")
+        return cls(**values)
+
+
+TRAIN_SEED0, EVAL_SEED0 = 10_000, 1_000_000
+
+
+def build_untrained(config: PretrainConfig):
+    """The SpriteWorld pipeline with freshly initialised (seeded) weights."""
+    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanTransformer3DModel
+
+    torch.manual_seed(config.seed)
+    tokenizer = tiny_tokenizer()
+    text_encoder = tiny_text_encoder(tokenizer, d_model=config.text_dim)
+    vae = AutoencoderKLWan(base_dim=config.vae_base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=config.heads, attention_head_dim=config.head_dim,
+        in_channels=36, out_channels=16, text_dim=config.text_dim, freq_dim=256, ffn_dim=config.ffn_dim,
+        num_layers=config.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+    return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae,
+                                   transformer=transformer, scheduler=ffgo_scheduler(), image_encoder=None,
+                                   image_processor=None)
+
+
+def _to_video(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
+
+
+def train_vae(vae, config: PretrainConfig, world: WorldConfig, log: list) -> None:
+    rng = np.random.default_rng(config.seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.vae_lr, total_steps=config.vae_steps,
+                                                   pct_start=0.05)
+    generator = torch.Generator().manual_seed(config.seed)
+    vae.train()
+    for step in tqdm(range(config.vae_steps), desc="SpriteWorld VAE"):
+        batch = []
+        for _ in range(config.vae_batch):
+            clip = generate_clip(TRAIN_SEED0 + int(rng.integers(0, 10 * config.train_clips)), world)
+            t0 = int(rng.integers(0, world.num_frames - config.vae_frames + 1))
+            y0 = int(rng.integers(0, world.height - config.vae_crop + 1))
+            x0 = int(rng.integers(0, world.width - config.vae_crop + 1))
+            window = clip.frames[t0:t0 + config.vae_frames, y0:y0 + config.vae_crop, x0:x0 + config.vae_crop]
+            batch.append(_to_video(window))
+        x = torch.stack(batch)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator)).sample
+        loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + config.vae_kl_weight * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        log.append({"stage": "vae", "step": step + 1, "loss": float(loss.detach())})
+    vae.eval()
+
+
+@torch.no_grad()
+def set_latent_statistics(vae, world: WorldConfig, clips: int = 64) -> None:
+    """Per-channel mean/std of the posterior means, so normalised latents are about N(0, 1) as in Wan."""
+    means = torch.cat([vae.encode(_to_video(generate_clip(TRAIN_SEED0 + i, world).frames)[None]).latent_dist.mean
+                       for i in range(clips)])
+    vae.register_to_config(latents_mean=means.mean(dim=(0, 2, 3, 4)).tolist(),
+                           latents_std=means.std(dim=(0, 2, 3, 4)).tolist())
+
+
+def encode_training_set(pipe, config: PretrainConfig, world: WorldConfig) -> list[dict]:
+    encoded = []
+    for i in tqdm(range(config.train_clips), desc="encoding clips"):
+        clip = generate_clip(TRAIN_SEED0 + i, world)
+        encoded.append(encode_clip(pipe, TrainingClip(clip.frames, clip.caption, None), config.max_sequence_length))
+    return encoded
+
+
+def train_transformer(pipe, encoded: list[dict], config: PretrainConfig, log: list) -> None:
+    transformer = pipe.transformer
+    transformer.train()
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.transformer_lr, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.transformer_lr,
+                                                   total_steps=config.transformer_steps, pct_start=0.05)
+    sigmas, lo, hi = expert_timestep_range("full", 0.9, config.flow_shift)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    for step in tqdm(range(config.transformer_steps), desc="SpriteWorld transformer"):
+        batch = [encoded[int(i)] for i in torch.randint(len(encoded), (config.transformer_batch,),
+                                                        generator=generator)]
+        inputs, target, _, _ = sample_flow_inputs(batch, sigmas, lo, hi, generator, "cpu")
+        loss = masked_velocity_loss(transformer(**inputs, return_dict=False)[0], target, 50.0)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), config.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        log.append({"stage": "transformer", "step": step + 1, "loss": float(loss.detach())})
+    transformer.eval()
+
+
+def pretrain(config: PretrainConfig, out: str | Path, world: WorldConfig = WorldConfig()) -> Path:
+    """Run the whole recipe and save the pipeline folder, its training log and timings into ``out``."""
+    from ..io import write_json
+
+    torch.set_num_threads(config.threads)
+    out, log, timings = Path(out), [], {}
+    pipe = build_untrained(config)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.text_encoder.requires_grad_(False)
+    start = time.perf_counter()
+    train_vae(pipe.vae, config, world, log)
+    pipe.vae.requires_grad_(False)
+    set_latent_statistics(pipe.vae, world)
+    timings["vae_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    encoded = encode_training_set(pipe, config, world)
+    timings["encode_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    train_transformer(pipe, encoded, config, log)
+    timings["transformer_seconds"] = time.perf_counter() - start
+    pipe.save_pretrained(out, safe_serialization=True)
+    write_json(out / "training.json", {"config": asdict(config), "world": asdict(world), "timings": timings,
+                                      "final_losses": {s: float(np.mean([r["loss"] for r in log if r["stage"] == s]
+                                                                          [-50:])) for s in ("vae", "transformer")}})
+    (out / "training_log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
+    return out
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ffstudy spriteworld pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/spriteworld-pretrain.yaml")
+    parser.add_argument("--out", default="data/models/spriteworld-i2v")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    folder = pretrain(PretrainConfig.from_file(args.config), args.out)
+    print(f"pretrained SpriteWorld in {(time.perf_counter() - started) / 60:.1f} min: {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

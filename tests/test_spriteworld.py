@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+
+from ffstudy.compose import compose_first_frame
+from ffstudy.probe import ProbeResult
+from ffstudy.spriteworld import COLOURS, WorldConfig, generate_clip
+from ffstudy.spriteworld.metrics import (colour_mask, entity_persistence, first_frame_entities, motion_check, psnr,
+                                         retrieval_accuracy, sprite_present, token_labels)
+from ffstudy.spriteworld.world import SpriteSpec
+
+
+def test_world_is_deterministic_by_seed():
+    a, b, c = generate_clip(7), generate_clip(7), generate_clip(8)
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.masks, b.masks) and a.caption == b.caption
+    assert not np.array_equal(a.frames, c.frames)
+    assert a.frames.shape == (17, 96, 160, 3) and a.masks.shape == (17, 96, 160)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_masks_match_frames(seed):
+    clip = generate_clip(seed, cut=False)
+    plate = np.asarray(clip.background)
+    for k, sprite in enumerate(clip.sprites):
+        inside = clip.masks == k + 1
+        assert inside[0].any(), "every sprite is visible in the first frame"
+        assert colour_mask(clip.frames[inside][None], sprite.colour).mean() > 0.9
+    outside = clip.masks == 0
+    assert np.mean(np.all(clip.frames[outside] == np.broadcast_to(plate, clip.frames.shape)[outside], -1)) > 0.95
+
+
+def test_caption_names_every_entity_and_the_scene():
+    clip = generate_clip(11, cut=True)
+    for sprite in clip.sprites:
+        assert sprite.name in clip.caption and sprite.colour in COLOURS
+    assert clip.cut_frame is not None and "then the view cuts to" in clip.caption
+    before, after = clip.frames[clip.cut_frame - 1], clip.frames[clip.cut_frame]
+    assert psnr(before, after) < 20  # a different scene
+    assert entity_persistence(clip.frames[clip.cut_frame:], clip.sprites, frame=0)  # same sprites reappear
+
+
+def test_cutouts_and_plate_compose_like_ffgo_materials():
+    clip = generate_clip(5)
+    assert all(c.mode == "RGBA" and c.getpixel((0, 0))[3] == 0 for c in clip.cutouts)
+    comp = compose_first_frame(clip.cutouts, clip.background)
+    assert len(comp.objects) == len(clip.sprites)
+
+
+def test_persistence_fails_when_a_sprite_is_removed():
+    clip = generate_clip(3, cut=False, num_sprites=2)
+    assert entity_persistence(clip.frames, clip.sprites)
+    erased = clip.frames.copy()
+    erased[-1][clip.masks[-1] == 1] = np.asarray(clip.background)[clip.masks[-1] == 1]
+    assert not sprite_present(erased[-1], clip.sprites[0])
+    assert not entity_persistence(erased, clip.sprites)
+
+
+def test_motion_check_reads_the_caption_direction():
+    config = WorldConfig()
+    sprite = SpriteSpec("circle", "red", "plain", 24.0, "right", (40.0, 48.0), 2.5, 0.0)
+    clip = generate_clip(0, config)  # any scene; we paint our own sprite
+    frames = np.repeat(np.asarray(clip.background)[None], 9, 0)
+    for t in range(9):
+        x = 30 + 5 * t
+        frames[t, 40:56, x:x + 16] = COLOURS["red"]
+    assert motion_check(frames, sprite) == {"displacement": 40.0, "moved": True, "direction_ok": True}
+    assert motion_check(frames[::-1], sprite)["direction_ok"] is False
+
+
+def test_psnr_known_values():
+    a = np.zeros((4, 4, 3), np.uint8)
+    assert psnr(a, a) == float("inf")
+    assert psnr(a, a + 1) == pytest.approx(48.13, abs=0.01)
+
+
+def test_token_labels_and_retrieval_accuracy_on_a_hand_made_result():
+    clip = generate_clip(4, cut=False, num_sprites=2)
+    comp = first_frame_entities(clip)
+    assert comp.names == [s.name for s in clip.sprites] + ["background", "white"]
+    labels = token_labels(clip.masks[4], 6, 10)
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    f, h, w = 5, 6, 10
+    truth = np.stack([token_labels(clip.masks[4 * t], h, w) for t in range(1, f)]).reshape(f - 1, h * w)
+    right = np.zeros((1, f - 1, h * w, 4), np.float32)
+    right[0, np.arange(f - 1)[:, None], np.arange(h * w)[None], np.clip(truth - 1, 0, None)] = 1.0
+    result = ProbeResult((f, h, w), comp.names, [{"block": 0, "step": 0, "expert": "main", "timestep": 1.0}], right,
+                         np.zeros((1, f - 1, h * w), np.float32))
+    assert retrieval_accuracy(result, clip) == {0: 1.0}
+    result.entity_mass = right[..., [1, 0, 2, 3]]  # swap the two sprites: every covered token is wrong
+    assert retrieval_accuracy(result, clip) == {0: 0.0}
+
+
+def test_cli_writes_a_clip_and_a_fewshot_dataset(tmp_path, capsys):
+    from ffstudy.cli import main
+    from ffstudy.data import FewShotDataset, check_dataset
+
+    assert main(["spriteworld", "generate", "--seed", "3", "--cut", "-o", str(tmp_path / "clip")]) == 0
+    assert "then the view cuts to" in capsys.readouterr().out
+    assert np.load(tmp_path / "clip" / "masks.npz")["masks"].shape == (17, 96, 160)
+    assert main(["spriteworld", "fewshot", "--examples", "3", "-o", str(tmp_path / "fs")]) == 0
+    dataset = FewShotDataset.load(tmp_path / "fs" / "manifest.json")
+    assert len(dataset) == 3 and check_dataset(dataset, 17, 96, 160) == []
+    clip = dataset.training_clip(dataset[0], 96, 160, 17)
+    assert clip.prompt.startswith("ad23r2 the camera view suddenly changes. a")
