@@ -199,12 +199,16 @@ def cmd_lora(args) -> int:
     from safetensors.torch import save_file
 
     from .io import atomic_path
-    from .lora import read_lora_file, to_comfyui, to_diffusers
-    from .models import load_pipeline
+    from .lora import read_lora_file, target_module_count, to_comfyui, to_diffusers
+    from .models import get_backbone, load_pipeline, skeleton_transformer
 
-    pipe = load_pipeline(args.model, path=args.path)
-    transformer = pipe.transformer_2 if args.expert == "low" else pipe.transformer
-    state = to_diffusers(read_lora_file(args.input), transformer)
+    if get_backbone(args.model).transformer_config is not None and args.path is None:
+        transformer = skeleton_transformer(args.model)  # module names only: nothing to download
+    else:
+        pipe = load_pipeline(args.model, path=args.path)
+        transformer = pipe.transformer_2 if args.expert == "low" else pipe.transformer
+    state = to_diffusers(read_lora_file(args.input), transformer, expected_modules=target_module_count(transformer)
+                         if args.check_count else None)
     if args.to == "comfyui":
         state = to_comfyui(state, transformer)
     with atomic_path(args.output) as tmp:
@@ -325,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="wan2.2-i2v-a14b", help="backbone whose module names the LoRA uses")
     p.add_argument("--path", help="local folder of that backbone")
     p.add_argument("--expert", choices=("high", "low"), default="high")
+    p.add_argument("--check-count", action="store_true",
+                   help="require one LoRA module per FFGo target (401 per Wan 14B expert)")
     p.set_defaults(func=cmd_lora)
 
     p = sub.add_parser("spriteworld", help="the procedural video world and its pretrained model")

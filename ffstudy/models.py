@@ -32,6 +32,7 @@ class BackboneSpec:
     local_dir: str | None = None
     requirements: str = ""
     max_sequence_length: int = 512  # text tokens the transformer was trained with (umT5: 512)
+    transformer_config: dict | None = field(default=None, repr=False)  # real checkpoints: for weightless skeletons
 
     @property
     def is_tiny(self) -> bool:
@@ -153,21 +154,29 @@ for _name, _family, _desc in (
         default_size=(64, 112), default_frames=9, spatial_factor=32 if _family == "wan2.2-ti2v" else 16,
         builder=(lambda family=_family: _build_tiny(family))))
 
+_WAN14B = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16,
+               text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+               qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+
 register_backbone(BackboneSpec(
     "wan2.2-i2v-a14b", "wan2.2-i2v", "Wan2.2-I2V-A14B, the backbone of the FFGo paper (two 14B experts)",
     default_size=(720, 1280), default_frames=81, spatial_factor=16, repo_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
     requirements="about 2 x 28 GB of bf16 expert weights plus an 11 GB umT5-XXL text encoder on disk; 720p x 81 "
-                 "frames needs an H200 (141 GB) or model CPU offload on an 80 GB GPU with >= 80 GB host RAM"))
+                 "frames needs an H200 (141 GB) or model CPU offload on an 80 GB GPU with >= 80 GB host RAM",
+    transformer_config=_WAN14B))
 register_backbone(BackboneSpec(
     "wan2.2-ti2v-5b", "wan2.2-ti2v", "Wan2.2-TI2V-5B (one 5B expert, 16x16 VAE)",
     default_size=(704, 1280), default_frames=81, spatial_factor=32, repo_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
     requirements="about 10 GB of bf16 transformer weights plus the 11 GB text encoder; a 24 GB GPU with model "
-                 "CPU offload"))
+                 "CPU offload",
+    transformer_config={**_WAN14B, "num_attention_heads": 24, "in_channels": 48, "out_channels": 48,
+                        "ffn_dim": 14336, "num_layers": 30}))
 register_backbone(BackboneSpec(
     "wan2.1-i2v-14b-480p", "wan2.1-i2v", "Wan2.1-I2V-14B-480P (one expert, CLIP image encoder)",
     default_size=(480, 832), default_frames=81, spatial_factor=16, repo_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
     requirements="about 33 GB of bf16 transformer weights plus the 11 GB text encoder and CLIP; an 80 GB GPU, or "
-                 "model CPU offload on a 40 GB one"))
+                 "model CPU offload on a 40 GB one",
+    transformer_config={**_WAN14B, "image_dim": 1280, "added_kv_proj_dim": 5120}))
 
 
 SPRITEWORLD_DIR = Path(__file__).resolve().parents[1] / "data" / "models" / "spriteworld-i2v"
@@ -248,6 +257,19 @@ def load_pipeline(name: str, device: str | torch.device | None = None, dtype: to
         pipe.to(device)
     pipe.ffstudy_backbone = spec  # lets generate/probe read the token geometry without guessing
     return pipe
+
+
+def skeleton_transformer(name: str):
+    """A backbone's transformer with its real layout and no weights (meta tensors): enough to name its modules,
+    count LoRA targets and convert LoRA files without downloading anything."""
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    spec = get_backbone(name)
+    if spec.transformer_config is None:
+        raise ValueError(f"{name!r} has no stored transformer layout; load it with load_pipeline instead")
+    with init_empty_weights():
+        return WanTransformer3DModel(**spec.transformer_config)
 
 
 def backbone_of(pipe) -> BackboneSpec | None:

@@ -113,3 +113,32 @@ def test_bad_files_list_what_is_wrong(pipe, tmp_path):
         load_lora(pipe, tmp_path / "broken.safetensors")
     with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
         load_lora(pipe, tmp_path / "nowhere.safetensors")
+
+
+def test_real_wan_layouts_give_the_papers_module_count_without_weights():
+    from ffstudy.models import skeleton_transformer
+
+    a14b = skeleton_transformer("wan2.2-i2v-a14b")
+    assert target_module_count(a14b) == 401  # ffgo-method.md 4.2: 40 blocks x 10 + time_proj
+    assert next(a14b.parameters()).device.type == "meta"
+    assert target_module_count(skeleton_transformer("wan2.2-ti2v-5b")) == 30 * 10 + 1
+
+
+def test_cli_converts_an_official_file_for_a14b_offline(tmp_path, capsys):
+    from ffstudy.cli import main
+    from ffstudy.models import skeleton_transformer
+
+    transformer = skeleton_transformer("wan2.2-i2v-a14b")
+    state = {}
+    for original in ("blocks.0.self_attn.q", "blocks.39.ffn.2", "time_projection.1"):
+        path = linear_modules(transformer)[original]
+        weight = transformer.get_submodule(path).weight
+        key = "lora_unet__" + original.replace(".", "_")
+        state[f"{key}.lora_down.weight"] = torch.zeros(2, weight.shape[1])
+        state[f"{key}.lora_up.weight"] = torch.zeros(weight.shape[0], 2)
+        state[f"{key}.alpha"] = torch.tensor(2.0)
+    save_file(state, str(tmp_path / "ffgo.safetensors"))
+    assert main(["lora", str(tmp_path / "ffgo.safetensors"), str(tmp_path / "comfy.safetensors"), "--to", "comfyui"]) == 0
+    assert "9 tensors in comfyui layout" in capsys.readouterr().out
+    assert main(["lora", str(tmp_path / "ffgo.safetensors"), str(tmp_path / "x.safetensors"), "--check-count"]) == 2
+    assert "3 LoRA modules, expected 401" in capsys.readouterr().err
