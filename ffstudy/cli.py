@@ -39,6 +39,13 @@ def _add_compose_args(parser: argparse.ArgumentParser, required: bool) -> None:
                         help="keep the plate's aspect instead of FFGo's forced resize to the canvas aspect")
 
 
+def _add_first_frame_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--composite", help="a folder written by `ffstudy compose` (keeps the entity geometry), "
+                                            "or a composite PNG")
+    _add_compose_args(parser, required=False)
+    parser.add_argument("--prompt", "-p", required=True, help="the scene caption (the trigger is added if missing)")
+
+
 def _compose(args):
     from .compose import compose_first_frame
 
@@ -266,9 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate an FFGo video from a composite first frame",
                        description="Prefixes the trigger phrase, samples with the paper's settings, drops the first "
                                    "4 frames and writes video.mp4 (16 fps), composite.png and generation.json.")
-    p.add_argument("--composite", help="a composite PNG, or a folder written by `ffstudy compose`")
-    _add_compose_args(p, required=False)
-    p.add_argument("--prompt", "-p", required=True, help="the scene caption (the trigger is added if missing)")
+    _add_first_frame_args(p)
     _add_generate_args(p, default_model=None)
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.set_defaults(func=cmd_generate)
@@ -285,9 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "to each first-frame entity (exact softmax mass), and how much it attends to "
                                    "the trigger phrase. Writes probe/ (arrays + records), retrieval_curves.png, "
                                    "who_retrieves_what.png/.mp4, reverse_maps.png and the video.")
-    p.add_argument("--composite", help="a folder written by `ffstudy compose` (needed for the entity split)")
-    _add_compose_args(p, required=False)
-    p.add_argument("--prompt", "-p", required=True, help="the scene caption (the trigger is added if missing)")
+    _add_first_frame_args(p)
     _add_generate_args(p, default_model="tiny-wan2.2-i2v")
     p.add_argument("--blocks", type=_ints, help="blocks to probe, e.g. 0,4,8 (default: all up to 8, else every 4th)")
     p.add_argument("--probe-steps", type=_ints, help="denoising steps to record (default: 6 spread over the run)")
