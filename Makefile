@@ -3,27 +3,46 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ffstudy-installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.py))
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONWARNINGS := ignore::FutureWarning
 
-.PHONY: install run test clean
+.PHONY: install run test notebooks book chromium demo clean
 
 # torch==2.13.0 goes in first and alone: that exact pin picks the local CPU wheel, anything else pulls GBs of CUDA.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test,notebooks]"
+	$(BIN)/python -m pip install -q -e ".[test,notebooks,book]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
 install: $(STAMP)
 
-run: install
+# Debian's Chromium renders the website in the book test (headless).
+chromium:
+	command -v chromium > /dev/null || (apt-get update -qq && apt-get install -y -qq chromium > /dev/null)
+
+# Execute every chapter on SpriteWorld (CPU) and store its outputs in the paired .ipynb.
+notebooks: install
+	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
+		echo "executing $$nb"; ../$(BIN)/jupytext --to ipynb --set-kernel python3 --execute $$nb || exit 1; done
+
+# The website from the stored notebook outputs (nothing re-executed), offline.
+book: install
+	rm -rf book/notebooks && mkdir -p book/notebooks && cp notebooks/[0-9]*.ipynb book/notebooks/
+	$(BIN)/jupyter-book build book
+
+run: notebooks book
+	@echo "The course website is built: open file://$(CURDIR)/book/_build/html/index.html"
+
+demo: install
 	$(BIN)/ffstudy demo --out outputs/demo
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs .pytest_cache book/_build book/notebooks

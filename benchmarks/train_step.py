@@ -26,6 +26,7 @@ from ffstudy.train import expert_timestep_range, masked_velocity_loss, sample_fl
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="spriteworld")
+    parser.add_argument("--path", help="local folder of the model's weights")
     parser.add_argument("--height", type=int, default=96)
     parser.add_argument("--width", type=int, default=160)
     parser.add_argument("--frames", type=int, default=17)
@@ -36,7 +37,7 @@ def main():
     from peft import LoraConfig
 
     try:
-        pipe = load_pipeline(args.model, device="cpu")
+        pipe = load_pipeline(args.model, device="cpu", path=args.path)
     except ModelNotAvailableError:
         args.model, args.height, args.width = "tiny-wan2.2-i2v", 64, 112
         pipe = load_pipeline(args.model, device="cpu")

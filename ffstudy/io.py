@@ -103,7 +103,9 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     try:
         video = mediapy.read_video(path)
     except Exception as error:  # ffmpeg reports unreadable files as RuntimeError/ValueError/OSError variants
-        raise ValueError(f"{path} is not a readable video ({error})") from error
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(error).__name__  # ffmpeg's last line says why; its banner does not
+        raise ValueError(f"{path} is not a readable video ({reason})") from error
     frames = np.asarray(video)
     if frames.ndim != 4 or len(frames) == 0:
         raise ValueError(f"{path} holds no video frames")

@@ -38,7 +38,7 @@ def test_cli_demo_writes_video_and_composite(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "ad23r2 the camera view suddenly changes." in out and "4 transition frames dropped" in out
-    assert read_video(tmp_path / "video.mp4")[0].shape[0] == 5
+    assert read_video(tmp_path / "video.mp4")[0].shape[0] == 5  # 9 frames, 4 dropped
     assert (tmp_path / "first_frame" / "composite.json").is_file()
 
 

@@ -101,3 +101,17 @@ def test_cli_writes_a_clip_and_a_fewshot_dataset(tmp_path, capsys):
     assert len(dataset) == 3 and check_dataset(dataset, 17, 96, 160) == []
     clip = dataset.training_clip(dataset[0], 96, 160, 17)
     assert clip.prompt.startswith("ad23r2 the camera view suddenly changes. a")
+
+
+def test_experiment_measure_separates_the_scene_from_an_animated_collage():
+    from types import SimpleNamespace
+
+    from ffstudy.generate import fit_first_frame
+    from ffstudy.spriteworld.experiment import measure
+
+    clip = generate_clip(21, cut=False, num_sprites=2)
+    collage = np.asarray(fit_first_frame(compose_first_frame(clip.cutouts, clip.background), 96, 160).image)
+    good = measure(SimpleNamespace(frames=clip.frames[4:]), clip, collage)
+    assert good["retention"] and good["clean"] and good["final_in_scene"] and good["background_psnr"] > 25
+    stuck = measure(SimpleNamespace(frames=np.repeat(collage[None], 13, 0)), clip, collage)
+    assert stuck["present"] and not stuck["retention"] and not stuck["clean"]

@@ -50,7 +50,7 @@ def test_figures_render(probed):
 
 def test_cli_probe_writes_result_and_figures(tmp_path, capsys):
     out = tmp_path / "p"
-    assert main(["probe", "-f", "data/references/red_star.png", "-b", "data/backgrounds/meadow.png",
+    assert main(["probe", "--model", "tiny-wan2.2-i2v", "-f", "data/references/red_star.png", "-b", "data/backgrounds/meadow.png",
                  "-p", "a star", "--steps", "3", "--probe-steps", "0,2", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "probed 4 records" in printed and "object_1" in printed

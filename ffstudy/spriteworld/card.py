@@ -86,7 +86,8 @@ identify sprites by their ground-truth colours (scenes are muted, sprite colours
 
 def render_experiment(experiment: dict) -> str:
     rows = "\n".join(
-        f"| {n} | {r['retention']:.0%} | {r['background_psnr']:.1f} dB | {r['clean']:.0%} | {r['train_seconds']:.0f} s |"
+        f"| {n} | {r['retention']:.0%} | {r['present']:.0%} | {r['final_in_scene']:.0%} | {r['background_psnr']:.1f} dB "
+        f"| {r['clean']:.0%} | {r['train_seconds']:.0f} s |"
         for n, r in sorted(experiment["runs"].items(), key=lambda kv: int(kv[0])))
     runs = {int(n): r for n, r in experiment["runs"].items()}
     low, high = runs.get(0, {}).get("retention"), runs.get(50, {}).get("retention")
@@ -102,8 +103,8 @@ composite→scene examples (seeds from {experiment['fewshot_seeds_start']}), an 
 {experiment['heldout_seeds'][0]}–{experiment['heldout_seeds'][1]}) generated with {experiment['inference_steps']} steps and
 measured after dropping the 4 transition frames.
 
-| N | entity retention | background fidelity (PSNR vs plate, scene pixels) | clean transition | LoRA training time |
-|---|---|---|---|---|
+| N | entity retention (in the scene) | sprites present anywhere | final frame is the scene | background fidelity (PSNR vs plate, scene pixels) | clean transition (first kept frame is the scene) | LoRA training time |
+|---|---|---|---|---|---|---|
 {rows}
 
 Goals: {verdict}.

@@ -36,7 +36,7 @@ class WorldConfig:
     min_sprites: int = 1
     max_sprites: int = 3
     sprite_size: tuple[int, int] = (22, 34)  # pixel size range of a sprite in the video
-    cutout_size: int = 64  # pixel size of the RGBA reference cut-outs
+    cutout_size: int = 256  # RGBA cut-outs: FFGo never enlarges them, so 256 px lands at ~32 px in a 96x160 frame
     speed: tuple[float, float] = (1.5, 3.0)  # pixels per frame
     cut_probability: float = 0.25
 
