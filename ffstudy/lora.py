@@ -13,6 +13,7 @@ Note VideoX-Fun calls the *high*-noise expert ``transformer_2``; diffusers calls
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -144,28 +145,44 @@ def to_comfyui(state_dict: dict[str, torch.Tensor], transformer, alpha: float | 
     given, so the effective scale is whatever the diffusers weights carry, times ``alpha/rank``)."""
     by_path = {path: original for original, path in linear_modules(transformer).items()}
     out = {}
-    for key, tensor in state_dict.items():
-        match = re.match(r"^transformer\.(.+)\.lora_([AB])\.weight$", key)
+    for key, tensor in state_dict.items():  # peft names (lora_A/lora_B) and diffusers files (lora.down/lora.up)
+        match = re.match(r"^transformer\.(.+)\.lora(?:_([AB])|\.(down|up))\.weight$", key)
         if not match or match.group(1) not in by_path:
             raise LoraFormatError(f"key {key!r} is not a diffusers LoRA key of this transformer")
         original = by_path[match.group(1)]
-        out[f"diffusion_model.{original}.lora_{'down' if match.group(2) == 'A' else 'up'}.weight"] = tensor
-        if match.group(2) == "A":
+        down = match.group(2) == "A" or match.group(3) == "down"
+        out[f"diffusion_model.{original}.lora_{'down' if down else 'up'}.weight"] = tensor
+        if down:
             out[f"diffusion_model.{original}.alpha"] = torch.tensor(float(alpha or tensor.shape[0]))
     return out
 
 
 # --------------------------------------------------------------------------------------------- files
 def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A LoRA file's tensors. diffusers files keep alpha only in their header (adapter metadata): it is folded
+    into the up weights here, so the returned tensors mean the same at scale 1 in every layout."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
+        with safe_open(str(path), "pt") as handle:
+            header = handle.metadata() or {}
     except Exception as error:  # safetensors raises its own error types for truncated or foreign files
         raise LoraFormatError(f"{path} is not a readable safetensors LoRA ({error})") from error
+    if "lora_adapter_metadata" in header:
+        config = json.loads(header["lora_adapter_metadata"])
+        if config.get("transformer.rank_pattern") or config.get("transformer.alpha_pattern"):
+            raise LoraFormatError(f"{path} uses per-module rank/alpha patterns; load its folder with "
+                                  f"pipe.load_lora_weights instead")
+        rank, alpha = config.get("transformer.r"), config.get("transformer.lora_alpha")
+        if rank and alpha and alpha != rank:
+            state = {k: v * (alpha / rank) if k.endswith(("lora.up.weight", "lora_B.weight")) else v
+                     for k, v in state.items()}
+    return state
 
 
 def load_lora(pipe, path: str | Path, expert: str = "high", adapter_name: str = "ffgo", weight_name: str | None = None,
