@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .compose import Composite
+from .compose import Composite, letterbox
 from .io import load_image, save_image, to_uint8, write_json, write_video
 from .models import backbone_of, ffgo_scheduler
 
@@ -72,13 +72,7 @@ def fit_first_frame(first_frame, height: int, width: int) -> Composite | Image.I
     if isinstance(first_frame, Composite):
         return first_frame.fit(height, width)
     image = load_image(first_frame, argument="composite").convert("RGB")
-    if image.size == (width, height):
-        return image
-    scale = min(width / image.width, height / image.height)
-    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    canvas.paste(image.resize(new_size, Image.LANCZOS), ((width - new_size[0]) // 2, (height - new_size[1]) // 2))
-    return canvas
+    return image if image.size == (width, height) else letterbox(image, height, width)[0]
 
 
 @dataclass
