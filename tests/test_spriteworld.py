@@ -87,6 +87,16 @@ def test_token_labels_and_retrieval_accuracy_on_a_hand_made_result():
     assert retrieval_accuracy(result, clip) == {0: 1.0}
     result.entity_mass = right[..., [1, 0, 2, 3]]  # swap the two sprites: every covered token is wrong
     assert retrieval_accuracy(result, clip) == {0: 0.0}
+    # attention spread over the whole first frame, twice as dense on the token's own sprite: the background still
+    # gets the most total mass (it is most of the frame), but per token of area the right sprite wins
+    area = np.array([comp.masks(h, w)[name].sum() for name in comp.names])
+    assert area[2] > 2 * area[:2].max()
+    dense = np.broadcast_to(area, right.shape) * (1 + right)
+    result.entity_mass = (dense / dense.sum(-1, keepdims=True)).astype(np.float32)
+    assert retrieval_accuracy(result, clip) == {0: 0.0}
+    assert retrieval_accuracy(result, clip, per="token") == {0: 1.0}
+    with pytest.raises(ValueError, match="per="):
+        retrieval_accuracy(result, clip, per="pixel")
 
 
 def test_cli_writes_a_clip_and_a_fewshot_dataset(tmp_path, capsys):

@@ -18,10 +18,11 @@ def _goal(value, goal, higher=True) -> str:
 def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> str:
     t, e, cfg, world = training["timings"], evaluation, training["config"], training["world"]
     minutes = sum(t.values()) / 60
-    probe = e["probe"]["per_block"]
+    probe, dense = e["probe"]["per_block"], e["probe"]["per_block_per_token"]
     best_block, best = max(probe.items(), key=lambda kv: kv[1])
+    dense_block, dense_best = max(dense.items(), key=lambda kv: kv[1])
     gen = e["generation"]
-    rows = "\n".join(f"| {b} | {v:.1%} |" for b, v in sorted(probe.items(), key=lambda kv: int(kv[0])))
+    rows = "\n".join(f"| {b} | {v:.1%} | {dense[b]:.1%} |" for b, v in sorted(probe.items(), key=lambda kv: int(kv[0])))
     direction = "n/a" if gen["direction_ok"] is None else f"{gen['direction_ok']:.1%}"
     return f"""# SpriteWorld I2V
 
@@ -48,14 +49,14 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
 ```
 
 - Hardware: the 2-core CPU development machine ({cfg['threads']} threads), no GPU.
-- Time: **{minutes:.1f} min** in total — VAE {t['vae_seconds'] / 60:.1f} min ({cfg['vae_steps']} steps of
-  {cfg['vae_batch']} × {cfg['vae_frames']}-frame {cfg['vae_crop']}² crops, L1 + L2 + {cfg['vae_kl_weight']:g}·KL),
+- Time: **{minutes:.1f} min** in total — rendering {t.get('render_seconds', 0) / 60:.1f} min, VAE {t['vae_seconds'] / 60:.1f} min ({cfg['vae_steps']} steps of
+  {cfg['vae_batch']} × {cfg['vae_frames']}-frame {cfg['vae_crop']}² crops, posterior mode, L1 + L2 + {cfg['vae_kl_weight']:g}·KL on the unclamped decoder output, lr {cfg['vae_lr']:g}),
   encoding {cfg['train_clips']} clips {t['encode_seconds'] / 60:.1f} min, transformer {t['transformer_seconds'] / 60:.1f} min
   ({cfg['transformer_steps']} steps of batch {cfg['transformer_batch']}, flow matching on cached latents with the same
   `sample_flow_inputs` / `masked_velocity_loss` as the FFGo LoRA trainer, uniform timestep indices on the
   shift-{cfg['flow_shift']:g} schedule, AdamW with one-cycle lr {cfg['transformer_lr']:g}).
-- Data: SpriteWorld seeds {10_000}–{10_000 + cfg['train_clips'] - 1} (VAE crops from seeds up to
-  {10_000 + 10 * cfg['train_clips'] - 1}); {world['cut_probability']:.0%} of clips cut hard to a new scene in which the same
+- Data: SpriteWorld seeds {10_000}–{10_000 + cfg['train_clips'] - 1}, rendered once (VAE crops and transformer
+  latents both come from them); {world['cut_probability']:.0%} of clips cut hard to a new scene in which the same
   sprites reappear. Final losses (mean of the last 50 steps): VAE {training['final_losses']['vae']:.4f},
   transformer {training['final_losses']['transformer']:.4f}.
 - Seeds fixed (`seed: {cfg['seed']}`), so the command reproduces these weights on the same machine and thread count.
@@ -68,15 +69,17 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
 | entity persistence: every first-frame sprite identifiable in the last frame ({gen['videos']} generated videos, 20 steps) | {gen['persistence']:.1%} | ≥ 90%: {_goal(gen['persistence'], 0.9)} |
 | motion: sprites whose colour centroid moves > 1 px, first to last frame | {gen['moved']:.1%} | stated share |
 | motion: drifting sprites ({gen['drifting_sprites']}) moving the way the caption says | {direction} | stated share |
-| probe entity-retrieval accuracy, best block ({best_block}) | {best:.1%} | ≥ 80%: {_goal(best, 0.8)} (chance {e['probe']['chance']:.1%}) |
+| probe entity-retrieval accuracy, best block ({best_block}): most attention mass | {best:.1%} | ≥ 80%: {_goal(best, 0.8)} (chance {e['probe']['chance']:.1%}) |
+| the same, per token of entity area, best block ({dense_block}) | {dense_best:.1%} | (chance {e['probe']['chance']:.1%}) |
 | one 17-frame video, 20 steps, CPU ({e['threads']} threads) | {e['seconds_per_video_20_steps']:.2f} s | ≤ 5 s: {_goal(e['seconds_per_video_20_steps'], 5, higher=False)} |
 
 Probe retrieval accuracy per block (teacher-forced: each held-out clip noised to σ ∈ {e['probe']['sigmas']} and
 denoised once with `FirstFrameProbe`; for later-frame tokens whose ground-truth sprite is k, the share whose largest
-first-frame entity mass goes to sprite k):
+first-frame entity mass goes to sprite k; the second column divides each entity's mass by its area in tokens first,
+because the background covers most of the frame and collects most of any evenly spread attention):
 
-| block | accuracy |
-|---|---|
+| block | most mass | most mass per token |
+|---|---|---|
 {rows}
 
 How these were measured: `ffstudy spriteworld evaluate` (`ffstudy/spriteworld/evaluate.py`); persistence and motion

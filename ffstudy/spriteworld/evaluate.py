@@ -67,16 +67,19 @@ def probe_clip(pipe, clip, sigma: float, seed: int = 0):
 
 def probe_accuracy(pipe, seeds, sigmas=(0.3, 0.6, 0.9), world: WorldConfig = WorldConfig()) -> dict:
     """Mean per-block retrieval accuracy over clips and noise levels, and the chance level."""
-    per_block: dict[int, list[float]] = {}
+    per_block: dict[str, dict[int, list[float]]] = {"entity": {}, "token": {}}
     chance = []
     for seed in seeds:
         clip = generate_clip(seed, world, cut=False)
         chance.append(1.0 / (len(clip.sprites) + 1))
         for sigma in sigmas:
-            for block, value in retrieval_accuracy(probe_clip(pipe, clip, sigma), clip).items():
-                per_block.setdefault(block, []).append(value)
-    return {"per_block": {b: float(np.mean(v)) for b, v in per_block.items()}, "chance": float(np.mean(chance)),
-            "sigmas": list(sigmas)}
+            result = probe_clip(pipe, clip, sigma)
+            for per, blocks in per_block.items():
+                for block, value in retrieval_accuracy(result, clip, per=per).items():
+                    blocks.setdefault(block, []).append(value)
+    return {"per_block": {b: float(np.mean(v)) for b, v in per_block["entity"].items()},
+            "per_block_per_token": {b: float(np.mean(v)) for b, v in per_block["token"].items()},
+            "chance": float(np.mean(chance)), "sigmas": list(sigmas)}
 
 
 def generation_seconds(pipe, world: WorldConfig = WorldConfig(), steps: int = 20, repeats: int = 3) -> float:

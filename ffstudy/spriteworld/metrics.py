@@ -79,19 +79,27 @@ def token_labels(mask: np.ndarray, rows: int, cols: int, threshold: float = 0.5)
     return np.where(share.max(0) >= threshold, best, 0)
 
 
-def retrieval_accuracy(result, clip: Clip, temporal_stride: int = 4) -> dict[int, float]:
-    """Per probed block: over later-frame tokens covered by sprite k (ground truth), the share whose largest
-    first-frame entity mass goes to sprite k. ``result`` must come from a probe whose composite is
-    :func:`first_frame_entities` of ``clip`` (entity i ↔ sprite i)."""
+def retrieval_accuracy(result, clip: Clip, temporal_stride: int = 4, per: str = "entity") -> dict[int, float]:
+    """Per probed block: over later-frame tokens covered by sprite k (ground truth), the share whose first-frame
+    choice is sprite k. ``per="entity"`` chooses the entity receiving the most attention mass (the background,
+    being most of the frame, wins ties of attention spread evenly); ``per="token"`` divides each entity's mass by
+    its token area first, so it asks which entity is read most *densely*. ``result`` must come from a probe whose
+    composite is :func:`first_frame_entities` of ``clip`` (entity i ↔ sprite i)."""
+    if per not in ("entity", "token"):
+        raise ValueError(f"per={per!r}: use 'entity' (total mass) or 'token' (mass per token of area)")
     f, h, w = result.grid
     labels = np.stack([token_labels(clip.masks[min(t * temporal_stride, len(clip.masks) - 1)], h, w)
                        for t in range(1, f)]).reshape(f - 1, h * w)
     covered = labels > 0
     if not covered.any():
         return {}
+    area = np.ones(len(result.entity_names))
+    if per == "token":
+        masks = first_frame_entities(clip).masks(h, w)
+        area = np.array([max(float(masks[name].sum()), 1e-6) for name in result.entity_names])
     accuracy = {}
     for block in sorted({r["block"] for r in result.records}):
         keep = result.select(blocks=block)
-        chosen = result.entity_mass[keep].mean(0).argmax(-1) + 1  # entity i -> sprite i + 1
+        chosen = (result.entity_mass[keep].mean(0) / area).argmax(-1) + 1  # entity i -> sprite i + 1
         accuracy[block] = float((chosen[covered] == labels[covered]).mean())
     return accuracy
