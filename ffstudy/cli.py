@@ -80,13 +80,28 @@ def _add_generate_args(parser: argparse.ArgumentParser, default_model: str | Non
                         help="transition frames to cut (paper: 4 = the VAE's temporal stride)")
     parser.add_argument("--with-transition", action="store_true", help="also save the uncut video")
     parser.add_argument("--offload", choices=("model", "sequential"), help="CPU offload (CUDA only)")
+    parser.add_argument("--lora", help="FFGo LoRA for the (high-noise) transformer: a diffusers folder or a "
+                                       "diffusers / kohya (official FFGo) / ComfyUI .safetensors file")
+    parser.add_argument("--lora-low", help="Wan2.2-A14B only: the LoRA for the low-noise expert (transformer_2)")
+
+
+def _load_with_lora(args):
+    from .lora import load_lora
+    from .models import load_pipeline
+
+    pipe = load_pipeline(args.model, offload=args.offload, path=args.path)
+    two_experts = getattr(pipe, "transformer_2", None) is not None
+    if args.lora:
+        load_lora(pipe, args.lora, "high" if two_experts else "main")
+    if args.lora_low:
+        load_lora(pipe, args.lora_low, "low")
+    return pipe
 
 
 def _generate(args, first_frame, prompt: str, out: Path):
     from .generate import generate
-    from .models import load_pipeline
 
-    pipe = load_pipeline(args.model, offload=args.offload, path=args.path)
+    pipe = _load_with_lora(args)
     video = generate(pipe, first_frame, prompt, num_frames=args.frames, height=args.height, width=args.width,
                      num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
                      drop_first_frames=args.drop_first_frames)
@@ -121,6 +136,8 @@ def cmd_demo(args) -> int:
     args.background = str(data / "backgrounds" / "meadow.png")
     args.canvas, args.layout, args.no_crop, args.keep_background_aspect = (1280, 720), "ffgo", False, False
     args.composite = None
+    if args.model == "spriteworld" and args.lora is None:
+        args.lora = str(data / "models" / "spriteworld-ffgo-lora")  # the FFGo LoRA shipped with the model
     out = Path(args.out)
     video, paths = _generate(args, _compose(args), DEMO_PROMPT, out)
     print(f"demo on {args.model}: {video.prompt!r}")
@@ -138,11 +155,10 @@ def cmd_probe(args) -> int:
     from . import viz
     from .generate import generate
     from .io import write_video
-    from .models import load_pipeline
     from .probe import FirstFrameProbe
 
     first_frame, out = _first_frame(args), Path(args.out)
-    pipe = load_pipeline(args.model, offload=args.offload, path=args.path)
+    pipe = _load_with_lora(args)
     composite = first_frame if hasattr(first_frame, "masks") else None
     with FirstFrameProbe(pipe, composite, blocks=args.blocks, steps=args.probe_steps, per_head=args.per_head,
                          text_prompt=args.prompt) as probe:
@@ -280,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="compose the bundled references and generate a video (CPU, seconds)",
                        description="Composes data/references/{red_star,blue_ring}.png over "
-                                   "data/backgrounds/meadow.png and generates a video with the default backbone.")
-    _add_generate_args(p, default_model="tiny-wan2.2-i2v")
+                                   "data/backgrounds/meadow.png and generates a video with SpriteWorld and its "
+                                   "shipped FFGo LoRA (data/models/spriteworld-ffgo-lora), or --model/--lora.")
+    _add_generate_args(p, default_model="spriteworld")
     p.add_argument("--out", "-o", default="outputs/demo", help="output folder (default outputs/demo)")
     p.set_defaults(func=cmd_demo)
 
@@ -291,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the trigger phrase. Writes probe/ (arrays + records), retrieval_curves.png, "
                                    "who_retrieves_what.png/.mp4, reverse_maps.png and the video.")
     _add_first_frame_args(p)
-    _add_generate_args(p, default_model="tiny-wan2.2-i2v")
+    _add_generate_args(p, default_model="spriteworld")
     p.add_argument("--blocks", type=_ints, help="blocks to probe, e.g. 0,4,8 (default: all up to 8, else every 4th)")
     p.add_argument("--probe-steps", type=_ints, help="denoising steps to record (default: 6 spread over the run)")
     p.add_argument("--per-head", action="store_true", help="also keep per-head masses")

@@ -142,3 +142,23 @@ def test_cli_converts_an_official_file_for_a14b_offline(tmp_path, capsys):
     assert "9 tensors in comfyui layout" in capsys.readouterr().out
     assert main(["lora", str(tmp_path / "ffgo.safetensors"), str(tmp_path / "x.safetensors"), "--check-count"]) == 2
     assert "3 LoRA modules, expected 401" in capsys.readouterr().err
+
+
+def test_cli_generates_with_an_official_pair_loaded_into_both_experts(pipe, tmp_path):
+    from ffstudy.cli import main
+    from ffstudy.io import read_video
+
+    high, _ = synthetic_lora(pipe.transformer, "kohya", seed=1)
+    low, _ = synthetic_lora(pipe.transformer_2, "kohya", seed=2)
+    save_file(high, str(tmp_path / "high.safetensors"))
+    save_file(low, str(tmp_path / "low.safetensors"))
+    common = ["generate", "--model", "tiny-wan2.2-i2v", "-f", "data/references/red_star.png", "-b",
+              "data/backgrounds/meadow.png", "-p", "a star", "--steps", "2", "--frames", "9"]
+    assert main(common + ["-o", str(tmp_path / "plain")]) == 0
+    assert main(common + ["--lora", str(tmp_path / "high.safetensors"), "--lora-low", str(tmp_path / "low.safetensors"),
+                          "-o", str(tmp_path / "ffgo")]) == 0
+    plain, ffgo = (read_video(tmp_path / name / "video.mp4")[0] for name in ("plain", "ffgo"))
+    assert plain.shape == ffgo.shape and not (plain == ffgo).all()
+    assert main(["generate", "--model", "tiny-wan2.2-ti2v", "-f", "data/references/red_star.png", "-b",
+                 "data/backgrounds/meadow.png", "-p", "a star", "--lora-low", str(tmp_path / "low.safetensors"),
+                 "-o", str(tmp_path / "bad")]) == 2

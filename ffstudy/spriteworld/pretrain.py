@@ -37,6 +37,12 @@ class PretrainConfig:
     vae_crop: int = 32
     vae_lr: float = 5e-4
     vae_kl_weight: float = 1e-6
+    # decoder fine-tuning on whole clips (encoder frozen, so the transformer's latents do not change)
+    decoder_steps: int = 600
+    decoder_batch: int = 4
+    decoder_clips: int = 100
+    decoder_crop: int = 6  # latent pixels (48 image pixels), all 17 frames
+    decoder_lr: float = 3e-4
     # transformer
     layers: int = 6
     heads: int = 4
@@ -133,6 +139,39 @@ def train_vae(vae, clips: list, config: PretrainConfig, world: WorldConfig, log:
     vae.eval()
 
 
+def finetune_decoder(vae, clips: list, config: PretrainConfig, log: list) -> None:
+    """Fine-tune the decoder on whole clips: the VAE stage sees 5-frame windows, so the causal cache of later
+    chunks is never trained there and reconstructions degrade after frame 4. The encoder stays frozen."""
+    with torch.no_grad():
+        latents = [vae.encode(_to_video(clip.frames)[None]).latent_dist.mode() for clip in
+                   tqdm(clips[:config.decoder_clips], desc="decoder latents")]
+    parameters = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in parameters:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(parameters, lr=config.decoder_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.decoder_steps)
+    rng, c, f = np.random.default_rng(config.seed + 2), config.decoder_crop, vae.spatial_compression_ratio
+    vae.decoder.train()
+    for step in tqdm(range(config.decoder_steps), desc="SpriteWorld decoder"):
+        zs, targets = [], []
+        for _ in range(config.decoder_batch):
+            i = int(rng.integers(0, len(latents)))
+            y, x = (int(rng.integers(0, n - c + 1)) for n in latents[i].shape[-2:])
+            zs.append(latents[i][0, :, :, y:y + c, x:x + c])
+            targets.append(_to_video(clips[i].frames[:, y * f:(y + c) * f, x * f:(x + c) * f]))
+        z, target = torch.stack(zs), torch.stack(targets)
+        recon = decode_unclamped(vae, z)
+        loss = (recon - target).abs().mean() + (recon - target).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        log.append({"stage": "decoder", "step": step + 1, "loss": float(loss.detach())})
+    vae.eval()
+    vae.requires_grad_(False)
+
+
 @torch.no_grad()
 def set_latent_statistics(vae, clips: list) -> None:
     """Per-channel mean/std of the posterior means, so normalised latents are about N(0, 1) as in Wan."""
@@ -193,10 +232,13 @@ def pretrain(config: PretrainConfig, out: str | Path, world: WorldConfig = World
     start = time.perf_counter()
     train_transformer(pipe, encoded, config, log)
     timings["transformer_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    finetune_decoder(pipe.vae, clips, config, log)
+    timings["decoder_seconds"] = time.perf_counter() - start
     pipe.save_pretrained(out, safe_serialization=True)
     write_json(out / "training.json", {"config": asdict(config), "world": asdict(world), "timings": timings,
                                       "final_losses": {s: float(np.mean([r["loss"] for r in log if r["stage"] == s]
-                                                                          [-50:])) for s in ("vae", "transformer")}})
+                                                                          [-50:])) for s in ("vae", "transformer", "decoder")}})
     (out / "training_log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
     return out
 

@@ -1,0 +1,150 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ffstudy/ffstudy/blob/main/notebooks/05_gpu_generation.ipynb)
+#
+# # 5. Generation, on the CPU or on a GPU
+#
+# One notebook, two worlds: with the default parameters it runs SpriteWorld and its FFGo LoRA on the CPU (this is
+# what CI executes); on a GPU runtime, set `BACKBONE` to a real Wan model and point the paths at your downloads.
+#
+# **Goals.** By the end of this chapter you can
+# - generate FFGo videos with the paper's settings, with and without the LoRA, side by side;
+# - see the transition the LoRA teaches and why the first four frames are cut;
+# - load the official FFGo LoRA files (kohya/VideoX-Fun keys, High/Low experts) into diffusers' Wan2.2 pipeline;
+# - choose a GPU and memory settings for Wan2.2-I2V-A14B or TI2V-5B.
+
+# %%
+# On Colab: install ffstudy (with its data and the SpriteWorld model) from the repository.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules and not os.path.exists("/content/ffstudy"):
+    subprocess.run(["git", "clone", "-q", "https://github.com/ffstudy/ffstudy", "/content/ffstudy"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/ffstudy[notebooks]"], check=True)
+    os.chdir("/content/ffstudy/notebooks")
+
+# %% tags=["parameters"]
+BACKBONE = "spriteworld"   # on a GPU: "wan2.2-i2v-a14b" (the paper's) or "wan2.2-ti2v-5b"
+MODEL_PATH = None          # local diffusers folder of the Wan weights (never downloaded for you)
+FFGO_LORA_HIGH = None      # official file .../10_..._14bHigh_.../checkpoint-600.safetensors -> transformer
+FFGO_LORA_LOW = None       # official file .../10_..._14bLow_.../checkpoint-600.safetensors  -> transformer_2
+OFFLOAD = None             # "model" for A14B on an 80 GB GPU
+STEPS = 20                 # the paper uses 50
+SEED = 42
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ffstudy import compose_first_frame, course, generate, load_pipeline
+from ffstudy.cli import data_dir
+from ffstudy.lora import load_ffgo_lora, load_lora
+from ffstudy.spriteworld.fewshot import HELDOUT_SEED0
+from ffstudy.spriteworld.world import generate_clip
+
+device = course.setup()
+print("device:", device, "| backbone:", BACKBONE)
+
+# %% [markdown]
+# ## The backbone and the LoRA
+#
+# SpriteWorld's FFGo LoRA ships in `data/models/spriteworld-ffgo-lora` (trained with chapter 4's recipe on 20
+# examples). For Wan2.2-I2V-A14B, the official FFGo checkpoints are kohya-style files from VideoX-Fun;
+# `load_ffgo_lora` converts their keys on load, folds alpha/rank, checks all 401 modules are there, and — careful —
+# puts the **High** file into diffusers' `transformer` and the **Low** file into `transformer_2` (VideoX-Fun names
+# the experts the other way round).
+
+# %%
+pipe = load_pipeline(BACKBONE, path=MODEL_PATH, offload=OFFLOAD)
+if BACKBONE == "spriteworld":
+    load_lora(pipe, data_dir() / "models/spriteworld-ffgo-lora", "main")
+    clip = generate_clip(HELDOUT_SEED0 + 2, cut=False)
+    composite = compose_first_frame(clip.cutouts, clip.background)
+    caption = clip.caption
+else:
+    if FFGO_LORA_HIGH is None:
+        raise ValueError("set FFGO_LORA_HIGH (and FFGO_LORA_LOW) to the official FFGo LoRA files")
+    load_ffgo_lora(pipe, FFGO_LORA_HIGH, FFGO_LORA_LOW)
+    composite = compose_first_frame([data_dir() / "references/red_star.png", data_dir() / "references/blue_ring.png"],
+                                    data_dir() / "backgrounds/meadow.png")
+    caption = "a red star and a blue ring bounce across a green meadow under a blue sky"
+print(caption)
+
+# %% [markdown]
+# ## With and without the LoRA
+#
+# Same composite, same prompt (the trigger is prefixed automatically), same seed. `generate` uses the paper's
+# settings: UniPC with shift 5, CFG 6 for both experts, Wan's default negative prompt, the backbone's native clip.
+# One pipeline serves both: diffusers switches the adapters off and on (on a 14B model, two pipelines would not fit).
+
+# %%
+settings = dict(num_inference_steps=STEPS, seed=SEED, progress=False)
+pipe.disable_lora()
+without = generate(pipe, composite, caption, **settings)
+pipe.enable_lora()
+with_lora = generate(pipe, composite, caption, **settings)
+print(with_lora.prompt)
+print("frames kept:", with_lora.frames.shape, "| transition frames dropped:", len(with_lora.transition))
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+course.show_videos({"base model": without.frames, "FFGo LoRA": with_lora.frames})
+
+# %% [markdown]
+# ## The transition, and why four frames go
+#
+# The composite enters the model as latent frame 0; the VAE packs pixel frames 1–4 into latent frame 1, which is
+# where the cut from collage to scene happens. Cutting pixel frames 0–3 (`drop_first_frames=4`) removes it; frame 4
+# shares its latent with three collage-like frames, so a faint residue can remain (the paper's choice; try 5).
+
+# %%
+strip = with_lora.full[:8]
+fig, axes = plt.subplots(2, 8, figsize=(20, 3.4))
+for row, video, name in ((0, without.full, "base"), (1, with_lora.full, "FFGo LoRA")):
+    for t, ax in enumerate(axes[row]):
+        ax.imshow(video[t])
+        ax.set_title(f"{name}: frame {t}" + (" (cut)" if t < 4 else ""), fontsize=8)
+        ax.set_axis_off()
+plt.show()
+distance = lambda a, b: float(np.abs(a.astype(float) - b.astype(float)).mean())  # noqa: E731
+first = np.asarray(with_lora.first_frame_image)
+print("mean |frame - composite| over frames 0-7, FFGo LoRA:", [round(distance(f, first), 1) for f in with_lora.full[:8]])
+
+# %% [markdown]
+# ## Memory on real GPUs
+#
+# Estimates from parameter counts (bf16 weights; the text encoder umT5-XXL is 11 GB, each 14B expert 28 GB, the 5B
+# transformer 10 GB), not measurements from this project's CI, which has no GPU:
+#
+# | GPU | Wan2.2-I2V-A14B (the paper's) | Wan2.2-TI2V-5B |
+# |---|---|---|
+# | Colab T4 (16 GB) | not practical | 480p with `offload="sequential"`, slow |
+# | Colab L4 (24 GB) | not practical | 704×1280 with `offload="model"` |
+# | A100 40 GB | 480p with `offload="model"` | comfortable |
+# | A100 / H100 80 GB | 720p × 81 with `offload="model"` (≥ 80 GB host RAM) | comfortable |
+# | H200 141 GB | 720p × 81 without offload, as the authors ran it | comfortable |
+#
+# `vae_tiling=True` in `load_pipeline` lowers the decoding peak at 720p. The FFGo authors warn that 640×480 output
+# "can differ significantly" from 720p.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Generate with `drop_first_frames=5`. Is frame 4 of the LoRA video still touched by the collage?
+# 2. Swap the layout to `"swapped"` (plate left). Does the LoRA, trained on the FFGo layout only, still cut to the
+#    right scene? The paper says it generalises "in some cases".
+# 3. Prompt without the trigger (`trigger=None`). What does the LoRA do without its cue?
+# 4. On a GPU: run A14B with the official LoRA at 1280×720 and at 832×480. Where does the content change?
