@@ -37,8 +37,9 @@ def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
 def test_cli_demo_writes_video_and_composite(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--steps", "2"]) == 0
     out = capsys.readouterr().out
-    assert "ad23r2 the camera view suddenly changes." in out and "4 transition frames dropped" in out
-    assert read_video(tmp_path / "video.mp4")[0].shape[0] == 5  # 9 frames, 4 dropped
+    assert "demo on spriteworld" in out and "ad23r2 the camera view suddenly changes." in out
+    assert "4 transition frames dropped" in out
+    assert read_video(tmp_path / "video.mp4")[0].shape[0] == 13  # SpriteWorld's 17 frames, 4 dropped
     assert (tmp_path / "first_frame" / "composite.json").is_file()
 
 
