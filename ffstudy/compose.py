@@ -143,8 +143,7 @@ class Composite:
 
     def fit(self, height: int, width: int) -> "Composite":
         """Resize to ``width × height`` keeping the aspect ratio, padding with white; geometry follows."""
-        image, scale, dx, dy = letterbox(self.image, height, width)
-        new_w, new_h = max(1, round(self.image.width * scale)), max(1, round(self.image.height * scale))
+        image, scale, (dx, dy, new_w, new_h) = letterbox(self.image, height, width)
         labels = np.zeros((height, width), np.uint8)
         labels[dy:dy + new_h, dx:dx + new_w] = np.asarray(
             Image.fromarray(self.labels).resize((new_w, new_h), Image.NEAREST))
@@ -177,14 +176,15 @@ class Composite:
         return cls(image, entities, labels, meta["layout"])
 
 
-def letterbox(image: Image.Image, height: int, width: int) -> tuple[Image.Image, float, int, int]:
-    """``image`` scaled to fit ``width × height`` on a white canvas, centred: (canvas, scale, dx, dy)."""
+def letterbox(image: Image.Image, height: int, width: int) -> tuple[Image.Image, float, tuple[int, int, int, int]]:
+    """``image`` scaled to fit ``width × height`` on a white canvas, centred: (canvas, scale, where it was pasted
+    as (dx, dy, new_w, new_h))."""
     scale = min(width / image.width, height / image.height)
     new_w, new_h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
     dx, dy = (width - new_w) // 2, (height - new_h) // 2
     canvas = Image.new("RGB", (width, height), WHITE)
     canvas.paste(image.convert("RGB").resize((new_w, new_h), Image.LANCZOS), (dx, dy))
-    return canvas, scale, dx, dy
+    return canvas, scale, (dx, dy, new_w, new_h)
 
 
 def _prepare_cutout(image: Image.Image, argument: str, crop_to_alpha: bool) -> tuple[Image.Image, Image.Image]:

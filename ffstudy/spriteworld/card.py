@@ -49,20 +49,20 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
 ```
 
 - Hardware: the 2-core CPU development machine ({cfg['threads']} threads), no GPU.
-- Time: **{minutes:.1f} min** in total — rendering {t.get('render_seconds', 0) / 60:.1f} min, VAE {t['vae_seconds'] / 60:.1f} min ({cfg['vae_steps']} steps of
+- Time: **{minutes:.1f} min** in total — rendering {t['render_seconds'] / 60:.1f} min, VAE {t['vae_seconds'] / 60:.1f} min ({cfg['vae_steps']} steps of
   {cfg['vae_batch']} × {cfg['vae_frames']}-frame {cfg['vae_crop']}² crops, posterior mode, L1 + L2 + {cfg['vae_kl_weight']:g}·KL on the unclamped decoder output, lr {cfg['vae_lr']:g}),
   encoding {cfg['train_clips']} clips {t['encode_seconds'] / 60:.1f} min, transformer {t['transformer_seconds'] / 60:.1f} min
   ({cfg['transformer_steps']} steps of batch {cfg['transformer_batch']}, flow matching on cached latents with the same
   `sample_flow_inputs` / `masked_velocity_loss` as the FFGo LoRA trainer, uniform timestep indices on the
   shift-{cfg['flow_shift']:g} schedule, AdamW with one-cycle lr {cfg['transformer_lr']:g}), then the decoder
-  fine-tuned on whole 17-frame clips {t.get('decoder_seconds', 0) / 60:.1f} min ({cfg.get('decoder_steps', 0)} steps of
-  {cfg.get('decoder_batch', 0)} latent crops of {cfg.get('decoder_crop', 0)}², encoder frozen so the transformer's
+  fine-tuned on whole 17-frame clips {t['decoder_seconds'] / 60:.1f} min ({cfg['decoder_steps']} steps of
+  {cfg['decoder_batch']} latent crops of {cfg['decoder_crop']}², encoder frozen so the transformer's
   latents do not change; the VAE stage only ever sees 5-frame windows).
 - Data: SpriteWorld seeds {10_000}–{10_000 + cfg['train_clips'] - 1}, rendered once (VAE crops and transformer
   latents both come from them); {world['cut_probability']:.0%} of clips cut hard to a new scene in which the same
   sprites reappear. Final losses (mean of the last 50 steps): VAE {training['final_losses']['vae']:.4f},
   transformer {training['final_losses']['transformer']:.4f}, decoder
-  {training['final_losses'].get('decoder', float('nan')):.4f}.
+  {training['final_losses']['decoder']:.4f}.
 - Seeds fixed (`seed: {cfg['seed']}`), so the command reproduces these weights on the same machine and thread count.
 
 ## Measured quality (held-out seeds {e['eval_seeds'][0]}–{e['eval_seeds'][1]})

@@ -92,6 +92,7 @@ def ship_lora(results: dict, out: str | Path, n: int, destination: str | Path) -
     destination.mkdir(parents=True, exist_ok=True)
     with atomic_path(destination / WEIGHT_NAMES["main"]) as tmp:
         shutil.copyfile(Path(out) / f"lora-{n}" / "main" / WEIGHT_NAMES["main"], tmp)
+    baseline = f" Without a LoRA (trigger phrase only): retention {runs[0]['retention']:.0%}." if 0 in runs else ""
     card = f"""# SpriteWorld FFGo LoRA
 
 An FFGo LoRA for the SpriteWorld I2V model (`data/models/spriteworld-i2v`), trained by the miniature FFGo experiment
@@ -108,10 +109,10 @@ Measured on {results['heldout_seeds'][1] - results['heldout_seeds'][0] + 1} held
 {results['heldout_seeds'][0]}–{results['heldout_seeds'][1]}), {results['inference_steps']} steps, first 4 frames dropped:
 entity retention in the scene {run['retention']:.0%}, sprites present anywhere {run['present']:.0%}, final frame is
 the scene {run['final_in_scene']:.0%}, background PSNR {run['background_psnr']:.1f} dB, clean transition
-{run['clean']:.0%}. Without a LoRA (trigger phrase only): retention {runs[0]['retention']:.0%}.
-""" if 0 in runs else ""
+{run['clean']:.0%}.{baseline}
+"""
     with atomic_path(destination / "README.md") as tmp:
-        tmp.write_text(card or f"# SpriteWorld FFGo LoRA\n\nTrained on {n} examples; see experiment.json.\n")
+        tmp.write_text(card)
     return destination
 
 
@@ -131,11 +132,11 @@ def main(argv=None) -> int:
     parser.add_argument("--lora-dir", default="data/models/spriteworld-ffgo-lora")
     args = parser.parse_args(argv)
     sizes = [int(v) for v in args.sizes.split(",")]
-    if args.ship_lora is not None and args.ship_lora not in sizes:
-        parser.error(f"--ship-lora {args.ship_lora}: not among --sizes {args.sizes}")
+    if args.ship_lora is not None and (args.ship_lora not in sizes or args.ship_lora == 0):
+        parser.error(f"--ship-lora {args.ship_lora}: not a trained size among --sizes {args.sizes} (N = 0 has no LoRA)")
     results = run(args.out, sizes, args.heldout, args.steps)
     write_json(args.results, results)
-    if args.ship_lora:
+    if args.ship_lora is not None:
         print(f"shipped {ship_lora(results, args.out, args.ship_lora, args.lora_dir)}")
     return 0
 

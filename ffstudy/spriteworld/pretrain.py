@@ -111,6 +111,10 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(frames, 2)
 
 
+def _reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (recon - target).abs().mean() + (recon - target).pow(2).mean()  # L1 + L2
+
+
 def train_vae(vae, clips: list, config: PretrainConfig, world: WorldConfig, log: list) -> None:
     rng = np.random.default_rng(config.seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
@@ -129,7 +133,7 @@ def train_vae(vae, clips: list, config: PretrainConfig, world: WorldConfig, log:
         x = torch.stack(batch)
         posterior = vae.encode(x).latent_dist
         recon = decode_unclamped(vae, posterior.mode())  # deterministic: converges several times faster
-        loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + config.vae_kl_weight * posterior.kl().mean()
+        loss = _reconstruction_loss(recon, x) + config.vae_kl_weight * posterior.kl().mean()
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -161,7 +165,7 @@ def finetune_decoder(vae, clips: list, config: PretrainConfig, log: list) -> Non
             targets.append(_to_video(clips[i].frames[:, y * f:(y + c) * f, x * f:(x + c) * f]))
         z, target = torch.stack(zs), torch.stack(targets)
         recon = decode_unclamped(vae, z)
-        loss = (recon - target).abs().mean() + (recon - target).pow(2).mean()
+        loss = _reconstruction_loss(recon, target)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
