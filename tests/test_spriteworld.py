@@ -4,8 +4,8 @@ import pytest
 from ffstudy.compose import compose_first_frame
 from ffstudy.probe import ProbeResult
 from ffstudy.spriteworld import COLOURS, WorldConfig, generate_clip
-from ffstudy.spriteworld.metrics import (colour_mask, entity_persistence, first_frame_entities, motion_check, psnr,
-                                         retrieval_accuracy, sprite_present, token_labels)
+from ffstudy.spriteworld.metrics import (colour_mask, entity_persistence, first_frame_entities, masked_psnr,
+                                         motion_check, psnr, retrieval_accuracy, sprite_present, token_labels)
 from ffstudy.spriteworld.world import SpriteSpec
 
 
@@ -70,6 +70,16 @@ def test_psnr_known_values():
     a = np.zeros((4, 4, 3), np.uint8)
     assert psnr(a, a) == float("inf")
     assert psnr(a, a + 1) == pytest.approx(48.13, abs=0.01)
+
+
+def test_masked_psnr_separates_sprite_and_scene_errors():
+    clip = generate_clip(2, cut=False)
+    damaged = clip.frames.copy()
+    damaged[clip.masks > 0] = 128  # sprites greyed out, scene untouched
+    assert masked_psnr(clip.frames, damaged, clip.masks == 0) == float("inf")
+    assert masked_psnr(clip.frames, damaged, clip.masks > 0) < 15
+    with pytest.raises(ValueError, match="no pixels"):
+        masked_psnr(clip.frames, damaged, np.zeros(clip.masks.shape, bool))
 
 
 def test_token_labels_and_retrieval_accuracy_on_a_hand_made_result():
@@ -149,4 +159,6 @@ def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     evaluation = json.loads((folder / "evaluation.json").read_text())
     text = (folder / "README.md").read_text()
     assert f"{evaluation['vae_psnr_db']:.2f} dB" in text and "most mass per token" in text
+    assert f"{evaluation['vae_psnr_sprites_db']:.2f} dB / {evaluation['vae_psnr_scene_db']:.2f} dB" in text
+    assert set(evaluation["vae_palette"]) == set(COLOURS) and "| red | (225, 35, 35) |" in text
     assert set(evaluation["probe"]["per_block"]) == set(evaluation["probe"]["per_block_per_token"]) == {"0"}

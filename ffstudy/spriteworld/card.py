@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from ..io import atomic_path, write_json
+from .metrics import COLOUR_TOLERANCE
+from .world import COLOURS
 
 
 def _goal(value, goal, higher=True) -> str:
@@ -24,6 +26,11 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
     gen = e["generation"]
     rows = "\n".join(f"| {b} | {v:.1%} | {dense[b]:.1%} |" for b, v in sorted(probe.items(), key=lambda kv: int(kv[0])))
     direction = "n/a" if gen["direction_ok"] is None else f"{gen['direction_ok']:.1%}"
+    palette = e["vae_palette"]
+    palette_rows = "\n".join(f"| {name} | {tuple(COLOURS[name])} | {tuple(round(v) for v in p['decoded'])} | "
+                              f"{p['distance']:.0f} | {'yes' if p['distance'] <= COLOUR_TOLERANCE else 'no'} |"
+                              for name, p in palette.items())
+    kept = sum(p["distance"] <= COLOUR_TOLERANCE for p in palette.values())
     return f"""# SpriteWorld I2V
 
 A small image-to-video model of the **Wan I2V architecture** (diffusers `AutoencoderKLWan` +
@@ -70,6 +77,8 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
 | measure | value | goal |
 |---|---|---|
 | VAE reconstruction PSNR (20 clips) | {e['vae_psnr_db']:.2f} dB | ≥ 28 dB: {_goal(e['vae_psnr_db'], 28)} |
+| the same, sprite pixels only / scene pixels only | {e['vae_psnr_sprites_db']:.2f} dB / {e['vae_psnr_scene_db']:.2f} dB | |
+| sprite colours that survive the VAE (within the identification tolerance) | {kept} of {len(palette)} | |
 | entity persistence: every first-frame sprite identifiable in the last frame ({gen['videos']} generated videos, 20 steps) | {gen['persistence']:.1%} | ≥ 90%: {_goal(gen['persistence'], 0.9)} |
 | motion: sprites whose colour centroid moves > 1 px, first to last frame | {gen['moved']:.1%} | stated share |
 | motion: drifting sprites ({gen['drifting_sprites']}) moving the way the caption says | {direction} | stated share |
@@ -87,7 +96,21 @@ because the background covers most of the frame and collects most of any evenly 
 {rows}
 
 How these were measured: `ffstudy spriteworld evaluate` (`ffstudy/spriteworld/evaluate.py`); persistence and motion
-identify sprites by their ground-truth colours (scenes are muted, sprite colours saturated and distinct).
+identify sprites by their ground-truth colours (scenes are muted, sprite colours saturated and distinct), within an
+RGB distance of {COLOUR_TOLERANCE:g}.
+
+### The weak part: the VAE
+
+The VAE is the bottleneck of this model. It reconstructs the muted scenes reasonably but not the saturated sprites
+(PSNR over sprite pixels {e['vae_psnr_sprites_db']:.1f} dB against {e['vae_psnr_scene_db']:.1f} dB over scene
+pixels). Each sprite colour as a still 24² square on mid-grey, through the VAE (the decoded colour at its centre):
+
+| colour | RGB | decoded | distance | identifiable |
+|---|---|---|---|---|
+{palette_rows}
+
+Sprites are identified by colour, so a colour the VAE cannot reproduce fails persistence and motion even when the
+transformer keeps the sprite: these two numbers measure the VAE before they measure the transformer.
 """
 
 

@@ -1,6 +1,7 @@
 """Measure the pretrained SpriteWorld model on held-out seeds and write its model card numbers.
 
-- VAE reconstruction PSNR on full clips;
+- VAE reconstruction PSNR on full clips, split into sprite and scene pixels, and how each sprite colour comes
+  back through the VAE (identification by colour can only work if it does);
 - entity persistence: generated videos (first frame and caption of a held-out clip) whose last frame still shows
   every first-frame sprite;
 - motion: sprites that move, and drifting sprites that move the way the caption says;
@@ -19,21 +20,45 @@ from ..data import TrainingClip, encode_clip
 from ..generate import generate
 from ..probe import FirstFrameProbe
 from ..train import sample_flow_inputs
-from .metrics import entity_persistence, first_frame_entities, motion_check, psnr, retrieval_accuracy
+from .metrics import (entity_persistence, first_frame_entities, masked_psnr, motion_check, psnr,
+                      retrieval_accuracy)
 from .pretrain import EVAL_SEED0
-from .world import DIRECTIONS, WorldConfig, generate_clip
+from .world import COLOURS, DIRECTIONS, WorldConfig, generate_clip
 
 
 @torch.no_grad()
-def vae_psnr(pipe, seeds, world: WorldConfig = WorldConfig()) -> float:
-    values = []
+def reconstruct(vae, frames: np.ndarray) -> np.ndarray:
+    """``frames`` (T, H, W, 3) uint8 through the VAE (posterior mode) and back."""
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1)
+    decoded = vae.decode(vae.encode(video).latent_dist.mode()).sample
+    return decoded[0].permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).byte().numpy()
+
+
+def vae_psnr(pipe, seeds, world: WorldConfig = WorldConfig()) -> dict:
+    """Mean PSNR per clip over all pixels, over the sprites' pixels and over the scene's (ground-truth masks)."""
+    values = {"all": [], "sprites": [], "scene": []}
     for seed in seeds:
-        frames = generate_clip(seed, world).frames
-        video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1)
-        decoded = pipe.vae.decode(pipe.vae.encode(video).latent_dist.mode()).sample
-        recon = decoded[0].permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).byte().numpy()
-        values.append(psnr(frames, recon))
-    return float(np.mean(values))
+        clip = generate_clip(seed, world)
+        recon = reconstruct(pipe.vae, clip.frames)
+        values["all"].append(psnr(clip.frames, recon))
+        values["sprites"].append(masked_psnr(clip.frames, recon, clip.masks > 0))
+        values["scene"].append(masked_psnr(clip.frames, recon, clip.masks == 0))
+    return {k: float(np.mean(v)) for k, v in values.items()}
+
+
+def palette_fidelity(pipe, world: WorldConfig = WorldConfig(), size: int = 24) -> dict:
+    """Each sprite colour as a still ``size``² square on mid-grey, through the VAE: the decoded colour at its centre
+    and its RGB distance from the original (persistence needs it within ``COLOUR_TOLERANCE``)."""
+    result = {}
+    y, x = (world.height - size) // 2, (world.width - size) // 2
+    for name, colour in COLOURS.items():
+        frames = np.full((5, world.height, world.width, 3), 128, np.uint8)
+        frames[:, y:y + size, x:x + size] = colour
+        decoded = reconstruct(pipe.vae, frames)[:, y + size // 4:y + 3 * size // 4, x + size // 4:x + 3 * size // 4]
+        mean = decoded.reshape(-1, 3).mean(0)
+        result[name] = {"decoded": [round(float(v), 1) for v in mean],
+                        "distance": float(np.linalg.norm(mean - np.array(colour, np.float64)))}
+    return result
 
 
 def generation_metrics(pipe, seeds, steps: int = 20, world: WorldConfig = WorldConfig()) -> dict:
@@ -95,6 +120,8 @@ def generation_seconds(pipe, world: WorldConfig = WorldConfig(), steps: int = 20
 
 def evaluate(pipe, videos: int = 40, probe_clips: int = 20) -> dict:
     seeds = range(EVAL_SEED0, EVAL_SEED0 + videos)
-    return {"vae_psnr_db": vae_psnr(pipe, seeds[:20]), "generation": generation_metrics(pipe, seeds),
+    vae = vae_psnr(pipe, seeds[:20])
+    return {"vae_psnr_db": vae["all"], "vae_psnr_sprites_db": vae["sprites"], "vae_psnr_scene_db": vae["scene"],
+            "vae_palette": palette_fidelity(pipe), "generation": generation_metrics(pipe, seeds),
             "probe": probe_accuracy(pipe, seeds[:probe_clips]), "seconds_per_video_20_steps": generation_seconds(pipe),
             "eval_seeds": [seeds.start, seeds.stop - 1], "threads": torch.get_num_threads()}

@@ -20,6 +20,13 @@ def psnr(reference: np.ndarray, test: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
+def masked_psnr(reference: np.ndarray, test: np.ndarray, mask: np.ndarray) -> float:
+    """PSNR over the pixels where ``mask`` (same leading shape as the images, no channel axis) is true."""
+    if not mask.any():
+        raise ValueError("masked_psnr: the mask selects no pixels")
+    return psnr(reference[mask], test[mask])
+
+
 def colour_mask(frame: np.ndarray, colour: str, tolerance: float = COLOUR_TOLERANCE) -> np.ndarray:
     """Pixels within ``tolerance`` of the sprite colour or of its texture shade (0.55×)."""
     base = np.array(COLOURS[colour], np.float32)
