@@ -208,13 +208,18 @@ def clip_key(dataset: FewShotDataset, example: Example, settings: dict) -> str:
     return digest.hexdigest()[:32]
 
 
+def video_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 frames as the (3, T, H, W) float tensor in [-1, 1] that Wan's VAE encodes."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
+
+
 @torch.no_grad()
 def encode_clip(pipe, clip: TrainingClip, max_sequence_length: int = 512) -> dict[str, torch.Tensor]:
     """What a training step needs, computed once with the pipeline's own encoders: the VAE latent distribution
     of the clip (normalised as Wan does), the I2V condition exactly as inference builds it, and text embeddings."""
     device, vae = pipe._execution_device, pipe.vae
     f, h, w = clip.frames.shape[:3]
-    video = torch.from_numpy(clip.frames).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1.0)
+    video = video_tensor(clip.frames)[None]
     dist = vae.encode(video.to(device, vae.dtype)).latent_dist
     mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
     inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import TrainingClip, encode_clip
+from ..data import TrainingClip, encode_clip, video_tensor
 from ..models import ffgo_scheduler, tiny_text_encoder, tiny_tokenizer
 from ..train import expert_timestep_range, masked_velocity_loss, sample_flow_inputs
 from .world import WorldConfig, generate_clip
@@ -89,10 +89,6 @@ def build_untrained(config: PretrainConfig):
                                    image_processor=None)
 
 
-def _to_video(frames: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
-
-
 def training_clips(config: PretrainConfig, world: WorldConfig) -> list:
     """The training clips, rendered once: both stages draw from them (rendering costs more than a VAE step)."""
     return [generate_clip(TRAIN_SEED0 + i, world) for i in tqdm(range(config.train_clips), desc="rendering clips")]
@@ -129,7 +125,7 @@ def train_vae(vae, clips: list, config: PretrainConfig, world: WorldConfig, log:
             y0 = int(rng.integers(0, world.height - config.vae_crop + 1))
             x0 = int(rng.integers(0, world.width - config.vae_crop + 1))
             window = clip.frames[t0:t0 + config.vae_frames, y0:y0 + config.vae_crop, x0:x0 + config.vae_crop]
-            batch.append(_to_video(window))
+            batch.append(video_tensor(window))
         x = torch.stack(batch)
         posterior = vae.encode(x).latent_dist
         recon = decode_unclamped(vae, posterior.mode())  # deterministic: converges several times faster
@@ -147,7 +143,7 @@ def finetune_decoder(vae, clips: list, config: PretrainConfig, log: list) -> Non
     """Fine-tune the decoder on whole clips: the VAE stage sees 5-frame windows, so the causal cache of later
     chunks is never trained there and reconstructions degrade after frame 4. The encoder stays frozen."""
     with torch.no_grad():
-        latents = [vae.encode(_to_video(clip.frames)[None]).latent_dist.mode() for clip in
+        latents = [vae.encode(video_tensor(clip.frames)[None]).latent_dist.mode() for clip in
                    tqdm(clips[:config.decoder_clips], desc="decoder latents")]
     parameters = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for p in parameters:
@@ -162,7 +158,7 @@ def finetune_decoder(vae, clips: list, config: PretrainConfig, log: list) -> Non
             i = int(rng.integers(0, len(latents)))
             y, x = (int(rng.integers(0, n - c + 1)) for n in latents[i].shape[-2:])
             zs.append(latents[i][0, :, :, y:y + c, x:x + c])
-            targets.append(_to_video(clips[i].frames[:, y * f:(y + c) * f, x * f:(x + c) * f]))
+            targets.append(video_tensor(clips[i].frames[:, y * f:(y + c) * f, x * f:(x + c) * f]))
         z, target = torch.stack(zs), torch.stack(targets)
         recon = decode_unclamped(vae, z)
         loss = _reconstruction_loss(recon, target)
@@ -179,7 +175,7 @@ def finetune_decoder(vae, clips: list, config: PretrainConfig, log: list) -> Non
 @torch.no_grad()
 def set_latent_statistics(vae, clips: list) -> None:
     """Per-channel mean/std of the posterior means, so normalised latents are about N(0, 1) as in Wan."""
-    means = torch.cat([vae.encode(_to_video(clip.frames)[None]).latent_dist.mean for clip in clips])
+    means = torch.cat([vae.encode(video_tensor(clip.frames)[None]).latent_dist.mean for clip in clips])
     vae.register_to_config(latents_mean=means.mean(dim=(0, 2, 3, 4)).tolist(),
                            latents_std=means.std(dim=(0, 2, 3, 4)).tolist())
 
