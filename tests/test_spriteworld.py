@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from ffstudy.compose import compose_first_frame
 from ffstudy.probe import ProbeResult
@@ -135,6 +136,27 @@ def test_experiment_measure_separates_the_scene_from_an_animated_collage():
     assert good["retention"] and good["clean"] and good["final_in_scene"] and good["background_psnr"] > 25
     stuck = measure(SimpleNamespace(frames=np.repeat(collage[None], 13, 0)), clip, collage)
     assert stuck["present"] and not stuck["retention"] and not stuck["clean"]
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_both_vae_layouts_compress_4x8x8_and_train_on_what_diffusers_decodes(residual, tmp_path):
+    """The pretraining stages decode without diffusers' final clamp; for Wan 2.2's residual layout too, that must
+    be exactly ``vae.decode`` before the clamp, and the VAE must save and load as a diffusers model."""
+    from diffusers import AutoencoderKLWan
+
+    from ffstudy.data import video_tensor
+    from ffstudy.spriteworld.pretrain import PretrainConfig, build_vae, decode_unclamped
+
+    torch.manual_seed(0)
+    vae = build_vae(PretrainConfig(vae_is_residual=residual)).eval()
+    x = video_tensor(generate_clip(5).frames[:9, :32, :48])[None]
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mode()
+        ours, theirs = decode_unclamped(vae, z), vae.decode(z).sample
+    assert z.shape == (1, 16, 3, 4, 6) and ours.shape == x.shape
+    assert torch.allclose(ours.clamp(-1, 1), theirs, atol=1e-6)
+    vae.save_pretrained(tmp_path)
+    assert AutoencoderKLWan.from_pretrained(tmp_path).config.is_residual is residual
 
 
 def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):

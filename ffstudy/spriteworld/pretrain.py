@@ -31,6 +31,7 @@ class PretrainConfig:
     threads: int = 2
     # VAE
     vae_base_dim: int = 12
+    vae_is_residual: bool = False  # Wan 2.2's layout (average-pooling shortcuts around every down/up block)
     vae_steps: int = 2400
     vae_batch: int = 8
     vae_frames: int = 5  # frame 0 alone + one group of 4: both paths of the causal VAE
@@ -71,15 +72,23 @@ class PretrainConfig:
 TRAIN_SEED0, EVAL_SEED0 = 10_000, 1_000_000
 
 
+def build_vae(config: PretrainConfig):
+    """The SpriteWorld ``AutoencoderKLWan``, freshly initialised: Wan 2.1's layout (or 2.2's residual one) at
+    ``vae_base_dim`` width, 4x8x8 compression to 16 channels either way."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=config.vae_base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                            temperal_downsample=[False, True, True], is_residual=config.vae_is_residual)
+
+
 def build_untrained(config: PretrainConfig):
     """The SpriteWorld pipeline with freshly initialised (seeded) weights."""
-    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanTransformer3DModel
+    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
 
     torch.manual_seed(config.seed)
     tokenizer = tiny_tokenizer()
     text_encoder = tiny_text_encoder(tokenizer, d_model=config.text_dim)
-    vae = AutoencoderKLWan(base_dim=config.vae_base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    vae = build_vae(config)
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=config.heads, attention_head_dim=config.head_dim,
         in_channels=36, out_channels=16, text_dim=config.text_dim, freq_dim=256, ffn_dim=config.ffn_dim,
@@ -107,7 +116,8 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(frames, 2)
 
 
-def _reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 + L2 on [-1, 1] pixels: the VAE and decoder stages' objective."""
     return (recon - target).abs().mean() + (recon - target).pow(2).mean()  # L1 + L2
 
 
@@ -129,7 +139,7 @@ def train_vae(vae, clips: list, config: PretrainConfig, world: WorldConfig, log:
         x = torch.stack(batch)
         posterior = vae.encode(x).latent_dist
         recon = decode_unclamped(vae, posterior.mode())  # deterministic: converges several times faster
-        loss = _reconstruction_loss(recon, x) + config.vae_kl_weight * posterior.kl().mean()
+        loss = reconstruction_loss(recon, x) + config.vae_kl_weight * posterior.kl().mean()
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -161,7 +171,7 @@ def finetune_decoder(vae, clips: list, config: PretrainConfig, log: list) -> Non
             targets.append(video_tensor(clips[i].frames[:, y * f:(y + c) * f, x * f:(x + c) * f]))
         z, target = torch.stack(zs), torch.stack(targets)
         recon = decode_unclamped(vae, z)
-        loss = _reconstruction_loss(recon, target)
+        loss = reconstruction_loss(recon, target)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
