@@ -3,8 +3,9 @@
 Why (issue 5): the shipped SpriteWorld VAE reconstructs scenes at 27 dB but sprites at 12 dB, and its encoder
 loses their colours. This asks whether the data or the architecture is the obstacle: the SpriteWorld
 ``AutoencoderKLWan`` (the recipe's config, Wan 2.1 layout), the same with Wan 2.2's residual layout, and a plain
-2-D conv autoencoder with the same 8x compression and 16 latent channels train on the same single-frame crops (same order, loss, optimiser and learning rate) and are
-measured on the first frames of held-out clips, PSNR over sprite pixels and over scene pixels separately.
+2-D conv autoencoder with the same 8x compression and 16 latent channels train on the same single-frame crops
+(same order, loss, optimiser and learning rate) and are measured on the first frames of held-out clips, PSNR over
+sprite pixels and over scene pixels separately.
 
     python benchmarks/vae_learning.py                 # 1,200 steps each, evaluated every 300 (CPU, 2 threads)
     python benchmarks/vae_learning.py --steps 300 --every 100 --json vae_learning.json
@@ -20,11 +21,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ffstudy.data import video_tensor
-from ffstudy.spriteworld.evaluate import reconstruct
+from ffstudy.data import video_frames, video_tensor
 from ffstudy.spriteworld.metrics import masked_psnr
 from ffstudy.spriteworld.pretrain import (EVAL_SEED0, TRAIN_SEED0, PretrainConfig, build_vae, decode_unclamped,
-                                          reconstruction_loss)
+                                          random_windows, reconstruction_loss)
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
 
 
@@ -36,7 +36,8 @@ class PlainAutoencoder(nn.Module):
         w1, w2 = width, 2 * width
         self.encoder = nn.Sequential(
             nn.Conv2d(3, w1, 3, padding=1), nn.SiLU(), nn.Conv2d(w1, w1, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(w1, w2, 4, 2, 1), nn.SiLU(), nn.Conv2d(w2, w2, 4, 2, 1), nn.SiLU(), nn.Conv2d(w2, 16, 3, padding=1))
+            nn.Conv2d(w1, w2, 4, 2, 1), nn.SiLU(), nn.Conv2d(w2, w2, 4, 2, 1), nn.SiLU(),
+            nn.Conv2d(w2, 16, 3, padding=1))
         up = lambda a, b: [nn.Upsample(scale_factor=2), nn.Conv2d(a, b, 3, padding=1), nn.SiLU()]  # noqa: E731
         self.decoder = nn.Sequential(nn.Conv2d(16, w2, 3, padding=1), nn.SiLU(), *up(w2, w2), *up(w2, w1),
                                      *up(w1, w1), nn.Conv2d(w1, 3, 3, padding=1))
@@ -45,40 +46,29 @@ class PlainAutoencoder(nn.Module):
         return self.decoder(self.encoder(x[:, :, 0]))[:, :, None]
 
 
-def wan_forward(vae, x: torch.Tensor) -> torch.Tensor:
-    return decode_unclamped(vae, vae.encode(x).latent_dist.mode())
+def wan_forward(vae):
+    """The VAE round trip as the pretraining stages train it (posterior mode, no output clamp)."""
+    return lambda x: decode_unclamped(vae, vae.encode(x).latent_dist.mode())
 
 
 @torch.no_grad()
-def first_frame_psnr(model, clips) -> tuple[float, float]:
+def first_frame_psnr(forward, clips) -> tuple[float, float]:
     """Mean PSNR of frame 0 over sprite pixels and over scene pixels."""
     sprites, scene = [], []
     for clip in clips:
         frames, masks = clip.frames[:1], clip.masks[:1]
-        if isinstance(model, PlainAutoencoder):
-            out = model(video_tensor(frames)[None])[0].permute(1, 2, 3, 0)
-            recon = out.add(1).mul(127.5).round().clamp(0, 255).byte().numpy()
-        else:
-            recon = reconstruct(model, frames)
+        recon = video_frames(forward(video_tensor(frames)[None])[0])
         sprites.append(masked_psnr(frames, recon, masks > 0))
         scene.append(masked_psnr(frames, recon, masks == 0))
     return float(np.mean(sprites)), float(np.mean(scene))
 
 
 def train(name, model, forward, clips, held_out, args) -> list[dict]:
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(0)  # the same crops, in the same order, for every model
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     rows, elapsed = [], 0.0
     for step in tqdm(range(1, args.steps + 1), desc=name):
-        crops = []
-        for _ in range(args.batch):
-            clip = clips[int(rng.integers(0, len(clips)))]
-            t = int(rng.integers(0, len(clip.frames)))
-            y = int(rng.integers(0, clip.frames.shape[1] - args.crop + 1))
-            x = int(rng.integers(0, clip.frames.shape[2] - args.crop + 1))
-            crops.append(video_tensor(clip.frames[t:t + 1, y:y + args.crop, x:x + args.crop]))
-        batch = torch.stack(crops)
+        batch = random_windows(clips, rng, args.batch, 1, args.crop)
         start = time.perf_counter()
         model.train()
         loss = reconstruction_loss(forward(batch), batch)
@@ -88,7 +78,7 @@ def train(name, model, forward, clips, held_out, args) -> list[dict]:
         elapsed += time.perf_counter() - start
         if step % args.every == 0:
             model.eval()
-            sprites, scene = first_frame_psnr(model, held_out)
+            sprites, scene = first_frame_psnr(forward, held_out)
             rows.append({"model": name, "step": step, "seconds": round(elapsed, 1), "loss": float(loss.detach()),
                          "sprites_db": round(sprites, 2), "scene_db": round(scene, 2)})
     return rows
@@ -119,13 +109,13 @@ def main():
         models[name] = make()
     rows = []
     for name, model in models.items():
-        forward = model if isinstance(model, PlainAutoencoder) else (lambda x, vae=model: wan_forward(vae, x))
+        forward = model if isinstance(model, PlainAutoencoder) else wan_forward(model)
         rows += train(name, model, forward, clips, held_out, args)
 
     print(f"\n{'model':18} {'params':>9} {'step':>6} {'train s':>8} {'sprites dB':>11} {'scene dB':>9}")
+    params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
     for row in rows:
-        params = sum(p.numel() for p in models[row["model"]].parameters())
-        print(f"{row['model']:18} {params:>9,} {row['step']:>6} {row['seconds']:>8.1f} "
+        print(f"{row['model']:18} {params[row['model']]:>9,} {row['step']:>6} {row['seconds']:>8.1f} "
               f"{row['sprites_db']:>11.2f} {row['scene_db']:>9.2f}")
     last = {row["model"]: row for row in rows if row["step"] == args.steps}
     ref = last["plain conv AE"]

@@ -213,6 +213,11 @@ def video_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
 
 
+def video_frames(video: torch.Tensor) -> np.ndarray:
+    """The inverse of :func:`video_tensor`: a (3, T, H, W) tensor in [-1, 1] as (T, H, W, 3) uint8 frames."""
+    return video.detach().permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).byte().cpu().numpy()
+
+
 @torch.no_grad()
 def encode_clip(pipe, clip: TrainingClip, max_sequence_length: int = 512) -> dict[str, torch.Tensor]:
     """What a training step needs, computed once with the pipeline's own encoders: the VAE latent distribution

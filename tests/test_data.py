@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from ffstudy.data import FewShotDataset, LatentCache, check_dataset, clip_key, encode_clip, resize_cover
+from ffstudy.data import (FewShotDataset, LatentCache, check_dataset, clip_key, encode_clip, resize_cover,
+                          video_frames, video_tensor)
 from ffstudy.generate import TRIGGER
 from ffstudy.io import read_video
 
@@ -109,3 +110,11 @@ def test_latent_cache_is_keyed_by_content(dataset, tiny_pipe, tmp_path):
     assert first["condition"].shape == (1, 20, 3, 8, 14)  # 4 mask channels + 16 first-frame latents
     assert first["condition"][0, :4, 0].eq(1).all() and first["condition"][0, :4, 1:].eq(0).all()
     assert first["prompt_embeds"].shape[1] == 512
+
+
+def test_video_tensor_is_the_vae_input_range_and_video_frames_inverts_it():
+    frames = np.random.default_rng(0).integers(0, 256, (5, 8, 12, 3), dtype=np.uint8)
+    video = video_tensor(frames)
+    assert video.shape == (3, 5, 8, 12) and video.min() >= -1 and video.max() <= 1
+    assert np.array_equal(video_frames(video), frames)
+    assert video_frames(video.clamp(min=0) + 2).min() == 255 and video_frames(video.clamp(max=0) - 2).max() == 0

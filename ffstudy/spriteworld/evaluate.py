@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from ..data import TrainingClip, encode_clip, video_tensor
+from ..data import TrainingClip, encode_clip, video_frames, video_tensor
 from ..generate import generate
 from ..probe import FirstFrameProbe
 from ..train import sample_flow_inputs
@@ -30,7 +30,7 @@ from .world import COLOURS, DIRECTIONS, WorldConfig, generate_clip
 def reconstruct(vae, frames: np.ndarray) -> np.ndarray:
     """``frames`` (T, H, W, 3) uint8 through the VAE (posterior mode) and back."""
     decoded = vae.decode(vae.encode(video_tensor(frames)[None]).latent_dist.mode()).sample
-    return decoded[0].permute(1, 2, 3, 0).add(1).mul(127.5).round().clamp(0, 255).byte().numpy()
+    return video_frames(decoded[0])
 
 
 def vae_psnr(pipe, seeds, world: WorldConfig = WorldConfig()) -> dict:

@@ -121,22 +121,27 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return (recon - target).abs().mean() + (recon - target).pow(2).mean()  # L1 + L2
 
 
-def train_vae(vae, clips: list, config: PretrainConfig, world: WorldConfig, log: list) -> None:
+def random_windows(clips: list, rng: np.random.Generator, count: int, frames: int, size: int) -> torch.Tensor:
+    """``count`` random ``frames`` x ``size`` x ``size`` windows of random clips, as a VAE input batch."""
+    windows = []
+    for _ in range(count):
+        clip = clips[int(rng.integers(0, len(clips)))]
+        t, height, width = clip.frames.shape[:3]
+        t0 = int(rng.integers(0, t - frames + 1))
+        y0 = int(rng.integers(0, height - size + 1))
+        x0 = int(rng.integers(0, width - size + 1))
+        windows.append(video_tensor(clip.frames[t0:t0 + frames, y0:y0 + size, x0:x0 + size]))
+    return torch.stack(windows)
+
+
+def train_vae(vae, clips: list, config: PretrainConfig, log: list) -> None:
     rng = np.random.default_rng(config.seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.vae_lr, total_steps=config.vae_steps,
                                                    pct_start=0.05)
     vae.train()
     for step in tqdm(range(config.vae_steps), desc="SpriteWorld VAE"):
-        batch = []
-        for _ in range(config.vae_batch):
-            clip = clips[int(rng.integers(0, len(clips)))]
-            t0 = int(rng.integers(0, world.num_frames - config.vae_frames + 1))
-            y0 = int(rng.integers(0, world.height - config.vae_crop + 1))
-            x0 = int(rng.integers(0, world.width - config.vae_crop + 1))
-            window = clip.frames[t0:t0 + config.vae_frames, y0:y0 + config.vae_crop, x0:x0 + config.vae_crop]
-            batch.append(video_tensor(window))
-        x = torch.stack(batch)
+        x = random_windows(clips, rng, config.vae_batch, config.vae_frames, config.vae_crop)
         posterior = vae.encode(x).latent_dist
         recon = decode_unclamped(vae, posterior.mode())  # deterministic: converges several times faster
         loss = reconstruction_loss(recon, x) + config.vae_kl_weight * posterior.kl().mean()
@@ -232,7 +237,7 @@ def pretrain(config: PretrainConfig, out: str | Path, world: WorldConfig = World
     clips = training_clips(config, world)
     timings["render_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
-    train_vae(pipe.vae, clips, config, world, log)
+    train_vae(pipe.vae, clips, config, log)
     pipe.vae.requires_grad_(False)
     set_latent_statistics(pipe.vae, clips[:64])
     timings["vae_seconds"] = time.perf_counter() - start
