@@ -102,7 +102,7 @@ def main():
     held_out = [generate_clip(EVAL_SEED0 + i, world) for i in range(8)]
 
     models = {}
-    for name, make in [("Wan 2.1 layout", lambda: build_vae(PretrainConfig())),
+    for name, make in [("Wan 2.1 layout", lambda: build_vae(PretrainConfig(vae_is_residual=False))),
                        ("Wan 2.2 residual", lambda: build_vae(PretrainConfig(vae_is_residual=True))),
                        ("plain conv AE", PlainAutoencoder)]:
         torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """File helpers shared by every step: atomic writes, image and video IO with errors that name the file.
 
-Every writer goes through :func:`atomic_path`, so an interrupted run never leaves a half-written PNG, mp4,
+Every writer goes through :func:`atomic_path` (or :func:`atomic_dir` for a folder), so an interrupted run never leaves a half-written PNG, mp4,
 JSON or checkpoint where a good one used to be.
 """
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +30,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``path``; only if the block succeeds does it replace ``path`` whole,
+    so a folder of many files (a diffusers pipeline) is never left half old and half new, nor with stale files."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a folder: give a folder path to write into")
+    staging, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        staging.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ffstudy.cli import main
-from ffstudy.io import atomic_path, read_video, write_video
+from ffstudy.io import atomic_dir, atomic_path, read_video, write_video
 
 
 def test_video_round_trip(tmp_path):
@@ -32,6 +32,26 @@ def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("interrupted")
     assert target.read_text() == "good" and list(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "stale.json").write_text("old evaluation")
+    (target / "weights.bin").write_text("good")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as staging:
+            (staging / "weights.bin").write_text("half")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in target.iterdir()) == ["stale.json", "weights.bin"]
+    assert (target / "weights.bin").read_text() == "good" and list(tmp_path.iterdir()) == [target]
+    with atomic_dir(target) as staging:
+        (staging / "weights.bin").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["weights.bin"] and (target / "weights.bin").read_text() == "new"
+    assert list(tmp_path.iterdir()) == [target]
+    with pytest.raises(ValueError, match="weights.bin is a file, not a folder"):
+        with atomic_dir(target / "weights.bin"):
+            pass
 
 
 def test_cli_demo_writes_video_and_composite(tmp_path, capsys):

@@ -31,6 +31,7 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
                               f"{p['distance']:.0f} | {'yes' if p['distance'] <= COLOUR_TOLERANCE else 'no'} |"
                               for name, p in palette.items())
     kept = sum(p["distance"] <= COLOUR_TOLERANCE for p in palette.values())
+    layout = "Wan 2.2 residual layout" if cfg.get("vae_is_residual") else "Wan 2.1 layout"
     return f"""# SpriteWorld I2V
 
 A small image-to-video model of the **Wan I2V architecture** (diffusers `AutoencoderKLWan` +
@@ -40,7 +41,7 @@ not random, behaviour. Load it with `ffstudy.load_pipeline("spriteworld")` (offl
 
 | part | configuration | parameters | on disk |
 |---|---|---|---|
-| VAE | base_dim {cfg['vae_base_dim']}, dim_mult [1,2,4,4], z 16, 4×8×8 compression | {sizes['vae_params']:.2f} M | {sizes['vae_mb']:.1f} MB |
+| VAE | {layout}, base_dim {cfg['vae_base_dim']}, dim_mult [1,2,4,4], z 16, 4×8×8 compression | {sizes['vae_params']:.2f} M | {sizes['vae_mb']:.1f} MB |
 | transformer | {cfg['layers']} blocks, {cfg['heads']} heads × {cfg['head_dim']}, FFN {cfg['ffn_dim']}, patch 1×2×2, one expert for all timesteps | {sizes['transformer_params']:.2f} M | {sizes['transformer_mb']:.1f} MB |
 | text encoder | UMT5, d_model {cfg['text_dim']}, 2 layers, frozen at its seeded initialisation; {cfg['max_sequence_length']} tokens | {sizes['text_params']:.2f} M | {sizes['text_mb']:.1f} MB |
 | total | | | **{sizes['total_mb']:.1f} MB** |
@@ -80,6 +81,7 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
 | the same, sprite pixels only / scene pixels only | {e['vae_psnr_sprites_db']:.2f} dB / {e['vae_psnr_scene_db']:.2f} dB | |
 | sprite colours that survive the VAE (within the identification tolerance) | {kept} of {len(palette)} | |
 | entity persistence: every first-frame sprite identifiable in the last frame ({gen['videos']} generated videos, 20 steps) | {gen['persistence']:.1%} | ≥ 90%: {_goal(gen['persistence'], 0.9)} |
+| the same on the real clips / on their plain VAE round trips (the most this VAE allows) | {gen['persistence_real_clips']:.1%} / {gen['persistence_vae_round_trip']:.1%} | |
 | motion: sprites whose colour centroid moves > 1 px, first to last frame | {gen['moved']:.1%} | stated share |
 | motion: drifting sprites ({gen['drifting_sprites']}) moving the way the caption says | {direction} | stated share |
 | probe entity-retrieval accuracy, best block ({best_block}): most attention mass | {best:.1%} | ≥ 80%: {_goal(best, 0.8)} (chance {e['probe']['chance']:.1%}) |
@@ -101,16 +103,18 @@ RGB distance of {COLOUR_TOLERANCE:g}.
 
 ### The weak part: the VAE
 
-The VAE is the bottleneck of this model. It reconstructs the muted scenes reasonably but not the saturated sprites
-(PSNR over sprite pixels {e['vae_psnr_sprites_db']:.1f} dB against {e['vae_psnr_scene_db']:.1f} dB over scene
+The VAE limits what every other number here can show: it reconstructs the muted scenes far better than the
+saturated sprites (PSNR over sprite pixels {e['vae_psnr_sprites_db']:.1f} dB against {e['vae_psnr_scene_db']:.1f} dB over scene
 pixels). Each sprite colour as a still 24² square on mid-grey, through the VAE (the decoded colour at its centre):
 
 | colour | RGB | decoded | distance | identifiable |
 |---|---|---|---|---|
 {palette_rows}
 
-Sprites are identified by colour, so a colour the VAE cannot reproduce fails persistence and motion even when the
-transformer keeps the sprite: these two numbers measure the VAE before they measure the transformer.
+Sprites are identified by colour (and a sprite counts as present only with enough of its pixels within the tolerance),
+so a colour or an edge the VAE cannot reproduce fails persistence and motion even when the transformer keeps the
+sprite: plain VAE round trips of the real clips pass persistence {gen['persistence_vae_round_trip']:.1%} of the time,
+against {gen['persistence_real_clips']:.1%} for the clips themselves.
 """
 
 

@@ -31,7 +31,7 @@ class PretrainConfig:
     threads: int = 2
     # VAE
     vae_base_dim: int = 12
-    vae_is_residual: bool = False  # Wan 2.2's layout (average-pooling shortcuts around every down/up block)
+    vae_is_residual: bool = True  # Wan 2.2's layout (average-pooling shortcuts around every down/up block); False: 2.1's
     vae_steps: int = 2400
     vae_batch: int = 8
     vae_frames: int = 5  # frame 0 alone + one group of 4: both paths of the causal VAE
@@ -226,36 +226,40 @@ def train_transformer(pipe, encoded: list[dict], config: PretrainConfig, log: li
 
 def pretrain(config: PretrainConfig, out: str | Path, world: WorldConfig = WorldConfig()) -> Path:
     """Run the whole recipe and save the pipeline folder, its training log and timings into ``out``."""
-    from ..io import write_json
+    from ..io import atomic_dir, write_json
 
     torch.set_num_threads(config.threads)
-    out, log, timings = Path(out), [], {}
-    pipe = build_untrained(config)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.text_encoder.requires_grad_(False)
-    start = time.perf_counter()
-    clips = training_clips(config, world)
-    timings["render_seconds"] = time.perf_counter() - start
-    start = time.perf_counter()
-    train_vae(pipe.vae, clips, config, log)
-    pipe.vae.requires_grad_(False)
-    set_latent_statistics(pipe.vae, clips[:64])
-    timings["vae_seconds"] = time.perf_counter() - start
-    start = time.perf_counter()
-    encoded = encode_training_set(pipe, clips, config)
-    timings["encode_seconds"] = time.perf_counter() - start
-    start = time.perf_counter()
-    train_transformer(pipe, encoded, config, log)
-    timings["transformer_seconds"] = time.perf_counter() - start
-    start = time.perf_counter()
-    finetune_decoder(pipe.vae, clips, config, log)
-    timings["decoder_seconds"] = time.perf_counter() - start
-    pipe.save_pretrained(out, safe_serialization=True)
-    write_json(out / "training.json", {"config": asdict(config), "world": asdict(world), "timings": timings,
-                                      "final_losses": {s: float(np.mean([r["loss"] for r in log if r["stage"] == s]
-                                                                          [-50:])) for s in ("vae", "transformer", "decoder")}})
-    (out / "training_log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
-    return out
+    log, timings = [], {}
+    # the folder is checked now, before hours of training, and replaced whole at the end: a kill loses nothing
+    # and a stale model card or evaluation cannot survive next to new weights
+    with atomic_dir(out) as staging:
+        pipe = build_untrained(config)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.text_encoder.requires_grad_(False)
+        start = time.perf_counter()
+        clips = training_clips(config, world)
+        timings["render_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        train_vae(pipe.vae, clips, config, log)
+        pipe.vae.requires_grad_(False)
+        set_latent_statistics(pipe.vae, clips[:64])
+        timings["vae_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        encoded = encode_training_set(pipe, clips, config)
+        timings["encode_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        train_transformer(pipe, encoded, config, log)
+        timings["transformer_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        finetune_decoder(pipe.vae, clips, config, log)
+        timings["decoder_seconds"] = time.perf_counter() - start
+        final_losses = {s: float(np.mean([r["loss"] for r in log if r["stage"] == s][-50:]))
+                        for s in ("vae", "transformer", "decoder")}
+        pipe.save_pretrained(staging, safe_serialization=True)
+        write_json(staging / "training.json", {"config": asdict(config), "world": asdict(world),
+                                               "timings": timings, "final_losses": final_losses})
+        (staging / "training_log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
+    return Path(out)
 
 
 def main(argv=None) -> int:
