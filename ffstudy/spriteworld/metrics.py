@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..compose import Composite
-from .world import COLOURS, DIRECTIONS, Clip, SpriteSpec, render_sprite
+from .world import COLOURS, DIRECTIONS, Clip, SpriteSpec, render_sprite, sprite_sizes
 
 COLOUR_TOLERANCE = 60.0  # RGB distance
 
@@ -35,20 +35,23 @@ def colour_mask(frame: np.ndarray, colour: str, tolerance: float = COLOUR_TOLERA
     return near(base) | near(base * 0.55)
 
 
-def expected_pixels(sprite: SpriteSpec) -> float:
-    """Pixels of the sprite's colours in a render at its nominal size."""
-    render = render_sprite(sprite.shape, sprite.colour, sprite.texture, max(2, int(round(sprite.size))))
+def expected_pixels(sprite: SpriteSpec, size: float | None = None) -> float:
+    """Pixels of the sprite's colours in a render at ``size`` (default: its nominal size)."""
+    size = sprite.size if size is None else size
+    render = render_sprite(sprite.shape, sprite.colour, sprite.texture, max(2, int(round(size))))
     return float((colour_mask(render[..., :3], sprite.colour) & (render[..., 3] >= 128)).sum())
 
 
-def sprite_present(frame: np.ndarray, sprite: SpriteSpec, min_fraction: float = 0.3) -> bool:
-    """Is the sprite identifiable in ``frame``: at least ``min_fraction`` of its expected colour pixels?"""
-    return bool(colour_mask(frame, sprite.colour).sum() >= min_fraction * expected_pixels(sprite))
+def sprite_present(frame: np.ndarray, sprite: SpriteSpec, min_fraction: float = 0.3,
+                   size: float | None = None) -> bool:
+    """Is the sprite identifiable in ``frame``: at least ``min_fraction`` of the colour pixels it has at ``size``?"""
+    return bool(colour_mask(frame, sprite.colour).sum() >= min_fraction * expected_pixels(sprite, size))
 
 
 def entity_persistence(video: np.ndarray, sprites: list[SpriteSpec], frame: int = -1) -> bool:
-    """Are all ``sprites`` still present and identifiable in ``video[frame]`` (default: the last frame)?"""
-    return all(sprite_present(video[frame], s) for s in sprites)
+    """Are all ``sprites`` still present and identifiable in ``video[frame]`` (default: the last frame), each
+    measured against its ground-truth size in that frame (a shrinking sprite ends at 0.7 of its nominal size)?"""
+    return all(sprite_present(video[frame], s, size=sprite_sizes(s, len(video))[frame]) for s in sprites)
 
 
 def centroid(frame: np.ndarray, sprite: SpriteSpec) -> np.ndarray | None:

@@ -151,7 +151,7 @@ def _trajectory(sprite: SpriteSpec, frames: int, height: int, width: int) -> tup
     """(centres (T, 2), sizes (T,)) of a sprite over the clip."""
     t = np.arange(frames, dtype=np.float64)
     x0, y0 = sprite.start
-    sizes = np.full(frames, sprite.size)
+    sizes = sprite_sizes(sprite, frames)
     if sprite.motion in DIRECTIONS:
         dx, dy = DIRECTIONS[sprite.motion]
         centres = np.stack([x0 + dx * sprite.speed * t, y0 + dy * sprite.speed * t], 1)
@@ -163,11 +163,16 @@ def _trajectory(sprite: SpriteSpec, frames: int, height: int, width: int) -> tup
         radius, omega = min(height, width) * 0.18, sprite.speed / (min(height, width) * 0.18)
         centres = np.stack([x0 + radius * np.cos(sprite.phase + omega * t),
                             y0 + radius * np.sin(sprite.phase + omega * t)], 1)
-    else:  # grow / shrink
-        factor = np.linspace(0.7, 1.3, frames) if sprite.motion == "grow" else np.linspace(1.3, 0.7, frames)
-        sizes = sprite.size * factor
+    else:  # grow / shrink: sizes only
         centres = np.tile([x0, y0], (frames, 1))
     return centres, sizes
+
+
+def sprite_sizes(sprite: SpriteSpec, frames: int) -> np.ndarray:
+    """The sprite's size in each of ``frames`` frames: only growing and shrinking sprites change it."""
+    if sprite.motion in ("grow", "shrink"):
+        return sprite.size * (np.linspace(0.7, 1.3, frames) if sprite.motion == "grow" else np.linspace(1.3, 0.7, frames))
+    return np.full(frames, sprite.size)
 
 
 def _reflect(values: np.ndarray, low: float, high: float) -> np.ndarray:
