@@ -1,7 +1,7 @@
 """File helpers shared by every step: atomic writes, image and video IO with errors that name the file.
 
-Every writer goes through :func:`atomic_path` (or :func:`atomic_dir` for a folder), so an interrupted run never leaves a half-written PNG, mp4,
-JSON or checkpoint where a good one used to be.
+Every writer goes through :func:`atomic_path` (or :func:`atomic_dir` for a folder), so an interrupted run never
+leaves a half-written PNG, mp4, JSON, checkpoint or model folder where a good one used to be.
 """
 from __future__ import annotations
 

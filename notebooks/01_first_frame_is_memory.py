@@ -109,8 +109,8 @@ print("colours within the identification tolerance after the VAE:",
 # Every sprite colour comes back within the tolerance the metrics use, so the check above can find each sprite by
 # its ground-truth colour. But the sprites' sharp edges come back blurred — their pixels score well below the
 # scene's — and of the 40 held-out clips of the model card, the check passes on 39 real clips but on only 26 of
-# their plain VAE round trips. So the persistence check measures this VAE as well as the transformer. The probe looks at attention rather than
-# pixels, and is not affected by any of this.
+# their plain VAE round trips. So the persistence check measures this VAE as well as the transformer. The probe
+# looks at attention rather than pixels, and is not affected by any of this.
 
 # %% [markdown]
 # ## What the probe records

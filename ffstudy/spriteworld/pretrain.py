@@ -31,7 +31,7 @@ class PretrainConfig:
     threads: int = 2
     # VAE
     vae_base_dim: int = 12
-    vae_is_residual: bool = True  # Wan 2.2's layout (average-pooling shortcuts around every down/up block); False: 2.1's
+    vae_is_residual: bool = True  # Wan 2.2's layout (average-pooling shortcuts around every down/up block), else 2.1's
     vae_steps: int = 2400
     vae_batch: int = 8
     vae_frames: int = 5  # frame 0 alone + one group of 4: both paths of the causal VAE

@@ -170,8 +170,10 @@ def _trajectory(sprite: SpriteSpec, frames: int, height: int, width: int) -> tup
 
 def sprite_sizes(sprite: SpriteSpec, frames: int) -> np.ndarray:
     """The sprite's size in each of ``frames`` frames: only growing and shrinking sprites change it."""
-    if sprite.motion in ("grow", "shrink"):
-        return sprite.size * (np.linspace(0.7, 1.3, frames) if sprite.motion == "grow" else np.linspace(1.3, 0.7, frames))
+    if sprite.motion == "grow":
+        return sprite.size * np.linspace(0.7, 1.3, frames)
+    if sprite.motion == "shrink":
+        return sprite.size * np.linspace(1.3, 0.7, frames)
     return np.full(frames, sprite.size)
 
 
