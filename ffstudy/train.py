@@ -230,7 +230,9 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
     expected = target_module_count(transformer, config.target_modules)
     lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=config.target_modules,
                              init_lora_weights=True)
-    transformer.add_adapter(lora_config)
+    with torch.random.fork_rng(devices=[accelerator.device] if cuda else []):
+        torch.manual_seed(config.seed)  # the LoRA's A matrices are random: same seed, same start, in any process
+        transformer.add_adapter(lora_config)
     params = [p for n, p in transformer.named_parameters() if "lora_" in n]
     for p in params:
         p.data = p.data.float()

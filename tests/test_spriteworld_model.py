@@ -75,3 +75,29 @@ def test_the_miniature_experiment_runs_end_to_end_and_ships_a_loadable_lora(tmp_
     pipe = load_pipeline("spriteworld")
     load_lora(pipe, shipped, "main")
     assert pipe.get_active_adapters() == ["ffgo"]
+
+
+def test_lora_training_on_the_shipped_model_repeats_in_any_process(tmp_path):
+    """A model read from disk leaves torch's global RNG as the process found it (seeded at random at start-up), so
+    the LoRA's random A matrices must come from the config's seed: two runs from differently seeded global RNGs
+    train the same weights, and another seed trains other weights."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    from ffstudy.spriteworld.fewshot import write_fewshot_dataset
+    from ffstudy.train import TrainConfig, train_expert
+
+    manifest = write_fewshot_dataset(tmp_path / "data", 2)
+    base = TrainConfig(manifest=str(manifest), model="spriteworld", expert="full", height=96, width=160,
+                       clip_length=17, rank=4, alpha=4, max_steps=3, checkpoint_every=3, validation_inference_steps=1,
+                       cache_dir=str(tmp_path / "cache"))
+    weights = []
+    for global_seed, seed in ((1, 42), (2, 42), (1, 7)):
+        torch.manual_seed(global_seed)
+        result = train_expert(dataclasses.replace(base, seed=seed, output_dir=str(tmp_path / f"{global_seed}-{seed}")),
+                              "main")
+        weights.append(load_file(str(result.lora)))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
