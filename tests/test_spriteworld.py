@@ -169,6 +169,40 @@ def test_both_vae_layouts_compress_4x8x8_and_train_on_what_diffusers_decodes(res
     assert AutoencoderKLWan.from_pretrained(tmp_path).config.is_residual is residual
 
 
+def test_latent_sprite_mask_follows_the_causal_vae_grid():
+    """Latent frame 0 is pixel frame 0; latent frame i covers pixel frames 4i-3..4i; a cell is 8x8 pixels."""
+    from ffstudy.spriteworld.pretrain import latent_sprite_mask
+
+    masks = np.zeros((17, 32, 48), np.uint8)
+    masks[0, 0, 0] = 1          # latent (0, 0, 0)
+    masks[5, 9, 17] = 2         # pixel frame 5 → latent frame 2, cell (1, 2)
+    masks[16, 31, 47] = 1       # last pixel frame → latent frame 4, cell (3, 5)
+    mask = latent_sprite_mask(masks)
+    assert mask.shape == (1, 1, 5, 4, 6)
+    assert {tuple(i) for i in mask[0, 0].nonzero().tolist()} == {(0, 0, 0), (2, 1, 2), (4, 3, 5)}
+    clip = generate_clip(3, cut=False)  # and a real clip: the mask covers exactly the cells its sprites touch
+    mask = latent_sprite_mask(clip.masks)[0, 0]
+    assert mask.shape == (5, 12, 20) and bool(mask[0].any()) and not bool(mask.all())
+
+
+def test_token_weighted_flow_loss():
+    """Weight 1 everywhere is the trainer's ``masked_velocity_loss``; weighting the one cell with an error scales the
+    loss by that cell's weight over the mean weight; errors beyond the threshold still count nothing."""
+    from ffstudy.spriteworld.pretrain import token_weighted_loss
+    from ffstudy.train import masked_velocity_loss
+
+    target = torch.zeros(1, 2, 1, 2, 2)
+    prediction = target.clone()
+    prediction[:, :, 0, 0, 0] = 0.5
+    prediction[:, 0, 0, 1, 1] = 80.0  # an outlier beyond the threshold
+    ones = torch.ones(1, 1, 1, 2, 2)
+    plain = masked_velocity_loss(prediction, target, 50.0)
+    assert torch.isclose(token_weighted_loss(prediction, target, ones, 50.0), plain)
+    weight = ones.clone()
+    weight[..., 0, 0] = 5.0
+    assert torch.isclose(token_weighted_loss(prediction, target, weight, 50.0), plain * 5 / (8 / 4))
+
+
 def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     """Pretrain → save → load offline by name → evaluate → model card that quotes the measurements."""
     import json
@@ -179,7 +213,7 @@ def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
 
     config = PretrainConfig(threads=1, vae_base_dim=8, vae_steps=2, vae_batch=1, layers=1, heads=2, head_dim=8,
                             ffn_dim=16, train_clips=3, transformer_steps=2, transformer_batch=2, decoder_steps=2,
-                            decoder_batch=1, decoder_clips=2)
+                            decoder_batch=1, decoder_clips=2, transformer_sprite_weight=3.0)
     (tmp_path / "sw").mkdir()
     (tmp_path / "sw" / "README.md").write_text("the card of earlier weights")
     folder = pretrain(config, tmp_path / "sw")
@@ -194,6 +228,7 @@ def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     evaluation = json.loads((folder / "evaluation.json").read_text())
     text = (folder / "README.md").read_text()
     assert f"{evaluation['vae_psnr_db']:.2f} dB" in text and "most mass per token" in text
+    assert "a sprite touches weighted 4×" in text  # the card names the recipe's loss
     assert f"{evaluation['vae_psnr_sprites_db']:.2f} dB / {evaluation['vae_psnr_scene_db']:.2f} dB" in text
     assert set(evaluation["vae_palette"]) == set(COLOURS) and "| red | (225, 35, 35) |" in text
     gen = evaluation["generation"]

@@ -32,6 +32,9 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
                               for name, p in palette.items())
     kept = sum(p["distance"] <= COLOUR_TOLERANCE for p in palette.values())
     layout = "Wan 2.2 residual layout" if cfg.get("vae_is_residual") else "Wan 2.1 layout"
+    token_weight = (f"the FFGo trainer's clipped squared error with each latent cell a sprite touches weighted "
+                    f"{1 + cfg['transformer_sprite_weight']:g}×" if cfg.get("transformer_sprite_weight")
+                    else "`masked_velocity_loss`")
     return f"""# SpriteWorld I2V
 
 A small image-to-video model of the **Wan I2V architecture** (diffusers `AutoencoderKLWan` +
@@ -60,8 +63,8 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
 - Time: **{minutes:.1f} min** in total — rendering {t['render_seconds'] / 60:.1f} min, VAE {t['vae_seconds'] / 60:.1f} min ({cfg['vae_steps']} steps of
   {cfg['vae_batch']} × {cfg['vae_frames']}-frame {cfg['vae_crop']}² crops, posterior mode, L1 + L2 + {cfg['vae_kl_weight']:g}·KL on the unclamped decoder output, lr {cfg['vae_lr']:g}),
   encoding {cfg['train_clips']} clips {t['encode_seconds'] / 60:.1f} min, transformer {t['transformer_seconds'] / 60:.1f} min
-  ({cfg['transformer_steps']} steps of batch {cfg['transformer_batch']}, flow matching on cached latents with the same
-  `sample_flow_inputs` / `masked_velocity_loss` as the FFGo LoRA trainer, uniform timestep indices on the
+  ({cfg['transformer_steps']} steps of batch {cfg['transformer_batch']}, flow matching on cached latents with the FFGo
+  LoRA trainer's `sample_flow_inputs` and {token_weight}, uniform timestep indices on the
   shift-{cfg['flow_shift']:g} schedule, AdamW with one-cycle lr {cfg['transformer_lr']:g}), then the decoder
   fine-tuned on whole 17-frame clips {t['decoder_seconds'] / 60:.1f} min ({cfg['decoder_steps']} steps of
   {cfg['decoder_batch']} latent crops of {cfg['decoder_crop']}², encoder frozen so the transformer's
@@ -120,8 +123,8 @@ against {gen['persistence_real_clips']:.1%} for the clips themselves.
 
 def render_experiment(experiment: dict) -> str:
     rows = "\n".join(
-        f"| {n} | {r['retention']:.0%} | {r['present']:.0%} | {r['final_in_scene']:.0%} | {r['background_psnr']:.1f} dB "
-        f"| {r['clean']:.0%} | {r['train_seconds']:.0f} s |"
+        f"| {n} | {r['retention']:.1%} | {r['present']:.1%} | {r['final_in_scene']:.1%} "
+        f"| {r['background_psnr']:.1f} dB | {r['clean']:.1%} | {r['train_seconds']:.0f} s |"
         for n, r in sorted(experiment["runs"].items(), key=lambda kv: int(kv[0])))
     runs = {int(n): r for n, r in experiment["runs"].items()}
     low, high = runs.get(0, {}).get("retention"), runs.get(50, {}).get("retention")

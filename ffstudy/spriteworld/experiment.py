@@ -48,7 +48,7 @@ def measure(video, clip, composite_image) -> dict:
             "clean": in_scene(video.frames[0])}
 
 
-def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 20, steps: int = 300, inference_steps: int = 20,
+def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int = 300, inference_steps: int = 20,
         base: TrainConfig | None = None, world: WorldConfig = WorldConfig()) -> dict:
     out = Path(out)
     base = base or TrainConfig.from_file(Path(__file__).resolve().parents[2] / "configs" / "spriteworld-cpu.yaml")
@@ -92,7 +92,7 @@ def ship_lora(results: dict, out: str | Path, n: int, destination: str | Path) -
     destination.mkdir(parents=True, exist_ok=True)
     with atomic_path(destination / WEIGHT_NAMES["main"]) as tmp:
         shutil.copyfile(Path(out) / f"lora-{n}" / "main" / WEIGHT_NAMES["main"], tmp)
-    baseline = f" Without a LoRA (trigger phrase only): retention {runs[0]['retention']:.0%}." if 0 in runs else ""
+    baseline = f" Without a LoRA (trigger phrase only): retention {runs[0]['retention']:.1%}." if 0 in runs else ""
     card = f"""# SpriteWorld FFGo LoRA
 
 An FFGo LoRA for the SpriteWorld I2V model (`data/models/spriteworld-i2v`), trained by the miniature FFGo experiment
@@ -107,9 +107,9 @@ ffstudy.lora.load_lora(pipe, "data/models/spriteworld-ffgo-lora", "main")   # or
 
 Measured on {results['heldout_seeds'][1] - results['heldout_seeds'][0] + 1} held-out composites (seeds
 {results['heldout_seeds'][0]}–{results['heldout_seeds'][1]}), {results['inference_steps']} steps, first 4 frames dropped:
-entity retention in the scene {run['retention']:.0%}, sprites present anywhere {run['present']:.0%}, final frame is
-the scene {run['final_in_scene']:.0%}, background PSNR {run['background_psnr']:.1f} dB, clean transition
-{run['clean']:.0%}.{baseline}
+entity retention in the scene {run['retention']:.1%}, sprites present anywhere {run['present']:.1%}, final frame is
+the scene {run['final_in_scene']:.1%}, background PSNR {run['background_psnr']:.1f} dB, clean transition
+{run['clean']:.1%}.{baseline}
 """
     with atomic_path(destination / "README.md") as tmp:
         tmp.write_text(card)
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ffstudy.spriteworld.experiment", description=__doc__)
     parser.add_argument("--out", default="outputs/spriteworld-experiment")
     parser.add_argument("--sizes", default="0,5,10,20,50")
-    parser.add_argument("--heldout", type=int, default=20)
+    parser.add_argument("--heldout", type=int, default=40)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--results", default="data/models/spriteworld-i2v/experiment.json")
     parser.add_argument("--ship-lora", type=int, metavar="N",

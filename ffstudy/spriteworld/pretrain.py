@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..data import TrainingClip, encode_clip, video_tensor
 from ..models import ffgo_scheduler, tiny_text_encoder, tiny_tokenizer
-from ..train import expert_timestep_range, masked_velocity_loss, sample_flow_inputs
+from ..train import expert_timestep_range, sample_flow_inputs
 from .world import WorldConfig, generate_clip
 
 
@@ -57,6 +57,7 @@ class PretrainConfig:
     transformer_lr: float = 5e-4
     flow_shift: float = 3.0  # sampling shift for training sigmas (inference uses FFGo's 5)
     max_grad_norm: float = 1.0
+    transformer_sprite_weight: float = 4.0  # extra loss weight on the latent cells a sprite covers in their frames
 
     @classmethod
     def from_file(cls, path: str | Path) -> "PretrainConfig":
@@ -195,11 +196,31 @@ def set_latent_statistics(vae, clips: list) -> None:
                            latents_std=means.std(dim=(0, 2, 3, 4)).tolist())
 
 
+def latent_sprite_mask(masks: np.ndarray, temporal: int = 4, spatial: int = 8) -> torch.Tensor:
+    """(T, H, W) entity masks → (1, 1, T', H', W') 0/1 mask of the latent cells any sprite touches, on the causal
+    VAE's grid: latent frame 0 is pixel frame 0, latent frame i ≥ 1 covers pixel frames 4i-3 … 4i."""
+    sprite = torch.from_numpy(masks > 0).float()[None, None]
+    first = sprite[:, :, :1]
+    rest = torch.nn.functional.pad(sprite[:, :, 1:], (0, 0, 0, 0, 0, (-(sprite.shape[2] - 1)) % temporal))
+    pooled = [torch.nn.functional.max_pool3d(first, (1, spatial, spatial)),
+              torch.nn.functional.max_pool3d(rest, (temporal, spatial, spatial))]
+    return torch.cat(pooled, dim=2)
+
+
 def encode_training_set(pipe, clips: list, config: PretrainConfig) -> list[dict]:
     encoded = []
     for clip in tqdm(clips, desc="encoding clips"):
-        encoded.append(encode_clip(pipe, TrainingClip(clip.frames, clip.caption, None), config.max_sequence_length))
+        item = encode_clip(pipe, TrainingClip(clip.frames, clip.caption, None), config.max_sequence_length)
+        item["sprite_mask"] = latent_sprite_mask(clip.masks)
+        encoded.append(item)
     return encoded
+
+
+def token_weighted_loss(prediction, target, weight: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``masked_velocity_loss`` with each latent cell weighted by ``weight`` (normalised to mean 1)."""
+    error = prediction.float() - target.float()
+    weight = weight.expand_as(error) / weight.mean()
+    return (weight * error.pow(2) * (error.abs() <= threshold)).mean()
 
 
 def train_transformer(pipe, encoded: list[dict], config: PretrainConfig, log: list) -> None:
@@ -214,7 +235,8 @@ def train_transformer(pipe, encoded: list[dict], config: PretrainConfig, log: li
         batch = [encoded[int(i)] for i in torch.randint(len(encoded), (config.transformer_batch,),
                                                         generator=generator)]
         inputs, target, _, _ = sample_flow_inputs(batch, sigmas, lo, hi, generator, "cpu")
-        loss = masked_velocity_loss(transformer(**inputs, return_dict=False)[0], target, 50.0)
+        weight = 1.0 + config.transformer_sprite_weight * torch.cat([b["sprite_mask"] for b in batch])
+        loss = token_weighted_loss(transformer(**inputs, return_dict=False)[0], target, weight, 50.0)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), config.max_grad_norm)
