@@ -32,8 +32,8 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
                               for name, p in palette.items())
     kept = sum(p["distance"] <= COLOUR_TOLERANCE for p in palette.values())
     layout = "Wan 2.2 residual layout" if cfg.get("vae_is_residual") else "Wan 2.1 layout"
-    token_weight = (f"the FFGo trainer's clipped squared error with each latent cell a sprite touches weighted "
-                    f"{1 + cfg['transformer_sprite_weight']:g}×" if cfg.get("transformer_sprite_weight")
+    token_weight = (f"its clipped squared error (`masked_velocity_loss`) with each latent cell a sprite touches "
+                    f"weighted {1 + cfg['transformer_sprite_weight']:g}×" if cfg.get("transformer_sprite_weight")
                     else "`masked_velocity_loss`")
     return f"""# SpriteWorld I2V
 

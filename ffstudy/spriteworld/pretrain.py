@@ -3,8 +3,9 @@
 The model is the Wan I2V architecture in miniature — ``AutoencoderKLWan`` (4×8×8 compression, z = 16),
 ``WanTransformer3DModel`` with 36 input channels (16 noisy + 4 mask + 16 first-frame latents), a small frozen
 UMT5 text encoder with an offline BPE tokenizer — saved as a diffusers ``WanImageToVideoPipeline`` folder.
-The transformer is trained with the same flow-matching code as the FFGo LoRA (``ffstudy.train``), on plain
-image-to-video clips (a quarter of them with a hard scene cut).
+The transformer is trained with the same flow-matching inputs as the FFGo LoRA (``ffstudy.train``), on plain
+image-to-video clips (a quarter of them with a hard scene cut), with the loss on the latent cells a sprite covers
+weighted up: sprites are few cells, and persistence needs the transformer to carry them.
 
     ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out data/models/spriteworld-i2v
 """
