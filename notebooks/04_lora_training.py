@@ -175,7 +175,7 @@ course.show_videos({"composite → base model": base.full, "composite → FFGo L
 #
 # | config | model | memory (GPU rows: estimates from parameter counts, not measured here) | time |
 # |---|---|---|---|
-# | `spriteworld-cpu.yaml` | SpriteWorld, 1.8 M parameters | CPU: 1.0 GB peak RSS (measured, the whole few-shot experiment process) | 300 steps: 60–118 s on 2 cores (measured, N = 5–50 examples) |
+# | `spriteworld-cpu.yaml` | SpriteWorld, 1.8 M parameters | CPU: 1.0 GB peak RSS (measured, the whole few-shot experiment process) | 300 steps: 60–123 s on 2 cores (measured, N = 5–50 examples) |
 # | `wan2.2-ti2v-5b.yaml` | Wan2.2-TI2V-5B | 24 GB minimum, 40 GB comfortable | not measured |
 # | `wan2.2-i2v-a14b.yaml` | Wan2.2-I2V-A14B, one expert at a time | 80 GB at batch 1; H200 (141 GB) at the paper's batch 2 | paper: about 5 h per expert on 2× H200 |
 #
