@@ -123,14 +123,18 @@ def sample_flow_inputs(batch: list[dict], sigmas, lo: int, hi: int, generator, d
     return inputs, noise - x0, frame_mask, sigma
 
 
-def masked_velocity_loss(prediction, target, threshold: float, mask=None) -> torch.Tensor:
-    """FFGo's loss: squared error on elements with |error| ≤ threshold, averaged over all (masked) elements."""
+def masked_velocity_loss(prediction, target, threshold: float, mask=None, weight=None) -> torch.Tensor:
+    """FFGo's loss: squared error on elements with |error| ≤ threshold, averaged over all (masked) elements.
+    ``weight`` (broadcast like ``mask``) reweights elements, normalised to mean 1 so the loss keeps its scale."""
     error = prediction.float() - target.float()
     keep = error.abs() <= threshold
+    squared = error.pow(2)
+    if weight is not None:
+        squared = weight.expand_as(error) / weight.mean() * squared
     if mask is not None:
         keep = keep & mask.bool().expand_as(keep)
-        return (error.pow(2) * keep).sum() / mask.expand_as(error).sum().clamp(min=1)
-    return (error.pow(2) * keep).mean()
+        return (squared * keep).sum() / mask.expand_as(error).sum().clamp(min=1)
+    return (squared * keep).mean()
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

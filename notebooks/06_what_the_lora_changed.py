@@ -179,5 +179,5 @@ plt.show()
 # 4. Re-run the experiment with a different seed range for the few-shot examples. How large is the spread of the
 #    N = 20 point? Is the curve's shape robust?
 # 5. Weight the LoRA's loss like the pretraining loss: `ffstudy.spriteworld.pretrain.latent_sprite_mask` gives the
-#    latent cells each sprite covers, and `token_weighted_loss` weights them. Train the N = 20 LoRA that way. Does
-#    retention come back while the transition stays clean?
+#    latent cells each sprite covers, and `masked_velocity_loss(..., weight=...)` weights them. Train the N = 20
+#    LoRA that way. Does retention come back while the transition stays clean?

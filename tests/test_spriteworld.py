@@ -185,10 +185,9 @@ def test_latent_sprite_mask_follows_the_causal_vae_grid():
     assert mask.shape == (5, 12, 20) and bool(mask[0].any()) and not bool(mask.all())
 
 
-def test_token_weighted_flow_loss():
-    """Weight 1 everywhere is the trainer's ``masked_velocity_loss``; weighting the one cell with an error scales the
-    loss by that cell's weight over the mean weight; errors beyond the threshold still count nothing."""
-    from ffstudy.spriteworld.pretrain import token_weighted_loss
+def test_weighted_flow_loss():
+    """Weight 1 everywhere is the unweighted ``masked_velocity_loss``; weighting the one cell with an error scales
+    the loss by that cell's weight over the mean weight; errors beyond the threshold still count nothing."""
     from ffstudy.train import masked_velocity_loss
 
     target = torch.zeros(1, 2, 1, 2, 2)
@@ -197,10 +196,10 @@ def test_token_weighted_flow_loss():
     prediction[:, 0, 0, 1, 1] = 80.0  # an outlier beyond the threshold
     ones = torch.ones(1, 1, 1, 2, 2)
     plain = masked_velocity_loss(prediction, target, 50.0)
-    assert torch.isclose(token_weighted_loss(prediction, target, ones, 50.0), plain)
+    assert torch.isclose(masked_velocity_loss(prediction, target, 50.0, weight=ones), plain)
     weight = ones.clone()
     weight[..., 0, 0] = 5.0
-    assert torch.isclose(token_weighted_loss(prediction, target, weight, 50.0), plain * 5 / (8 / 4))
+    assert torch.isclose(masked_velocity_loss(prediction, target, 50.0, weight=weight), plain * 5 / (8 / 4))
 
 
 def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..data import TrainingClip, encode_clip, video_tensor
 from ..models import ffgo_scheduler, tiny_text_encoder, tiny_tokenizer
-from ..train import expert_timestep_range, sample_flow_inputs
+from ..train import expert_timestep_range, masked_velocity_loss, sample_flow_inputs
 from .world import WorldConfig, generate_clip
 
 
@@ -217,13 +217,6 @@ def encode_training_set(pipe, clips: list, config: PretrainConfig) -> list[dict]
     return encoded
 
 
-def token_weighted_loss(prediction, target, weight: torch.Tensor, threshold: float) -> torch.Tensor:
-    """``masked_velocity_loss`` with each latent cell weighted by ``weight`` (normalised to mean 1)."""
-    error = prediction.float() - target.float()
-    weight = weight.expand_as(error) / weight.mean()
-    return (weight * error.pow(2) * (error.abs() <= threshold)).mean()
-
-
 def train_transformer(pipe, encoded: list[dict], config: PretrainConfig, log: list) -> None:
     transformer = pipe.transformer
     transformer.train()
@@ -237,7 +230,7 @@ def train_transformer(pipe, encoded: list[dict], config: PretrainConfig, log: li
                                                         generator=generator)]
         inputs, target, _, _ = sample_flow_inputs(batch, sigmas, lo, hi, generator, "cpu")
         weight = 1.0 + config.transformer_sprite_weight * torch.cat([b["sprite_mask"] for b in batch])
-        loss = token_weighted_loss(transformer(**inputs, return_dict=False)[0], target, weight, 50.0)
+        loss = masked_velocity_loss(transformer(**inputs, return_dict=False)[0], target, 50.0, weight=weight)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), config.max_grad_norm)
