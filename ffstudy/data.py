@@ -4,7 +4,8 @@ An *example* is the entity cut-outs and background plate (or a ready composite),
 The training clip replaces the video's first ``F_c`` frames (the VAE's temporal stride, 4 for Wan) with the
 composite and prefixes the caption with the trigger (``shared/reference/ffgo-method.md`` §2.3). Clip length is
 ``"paper"`` (81 frames, what the paper states), ``"official"`` (21 frames, what the released training command
-effectively used, §4.4) or an explicit frame count.
+effectively used, §4.4) or an explicit frame count. An example may also name per-frame entity masks (an ``.npz``
+whose ``masks`` array is F×H×W, 0 = no entity): ffstudy's optional entity-weighted loss reads them; FFGo has none.
 
 The manifest is JSON with paths relative to its own folder::
 
@@ -38,6 +39,7 @@ class Example:
     cutouts: list[str] = field(default_factory=list)
     background: str | None = None
     composite: str | None = None  # a ready composite image, used when there are no cut-outs
+    masks: str | None = None  # per-frame entity masks of the video (.npz, "masks": F x H x W), for the weighted loss
 
 
 @dataclass
@@ -85,7 +87,8 @@ class FewShotDataset:
             return None if relative is None else os.path.relpath(self.path(relative).resolve(), folder)
 
         rows = [{**asdict(e), "video": moved(e.video), "cutouts": [moved(c) for c in e.cutouts],
-                 "background": moved(e.background), "composite": moved(e.composite)} for e in self.examples]
+                 "background": moved(e.background), "composite": moved(e.composite), "masks": moved(e.masks)}
+                for e in self.examples]
         return write_json(manifest, {"version": 1, "examples": rows})
 
     # -- the FFGo composite and training clip
@@ -113,6 +116,22 @@ class FewShotDataset:
         image = first.image if isinstance(first, Composite) else first
         frames[:replaced_frames] = np.asarray(image)
         return TrainingClip(frames, with_trigger(example.caption), first)
+
+    def entity_masks(self, example: Example, height: int, width: int, clip_length: str | int = "official",
+                     replaced_frames: int = 4) -> np.ndarray:
+        """The example's entity masks cropped and resized exactly like :meth:`training_clip`'s frames (nearest
+        neighbour), as (F, H, W) bool; the composite frames are left unmarked, since inference drops them."""
+        num_frames = CLIP_LENGTHS.get(clip_length, clip_length)
+        masks = read_masks(self.path(example.masks), example.id) if example.masks else None
+        if masks is None:
+            raise ValueError(f"example {example.id!r} names no entity masks; add \"masks\": \"<file>.npz\" to its "
+                             "manifest row or set entity_loss_weight: 0")
+        if len(masks) < num_frames:
+            raise ValueError(f"{example.id}: {example.masks} has {len(masks)} frames, the clip needs {num_frames}")
+        masks = resize_cover((masks[:num_frames] > 0).astype(np.uint8)[..., None], height, width, nearest=True)
+        masks = masks[..., 0] > 0
+        masks[:replaced_frames] = False
+        return masks
 
     # -- the official FFGo / VideoX-Fun JSON
     def export_official(self, json_path: str | Path, composites_dir: str | Path) -> Path:
@@ -149,23 +168,52 @@ class FewShotDataset:
         return cls(examples, json_path.parent)
 
 
-def resize_cover(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize uint8 frames to cover ``width × height`` keeping the aspect, then crop the centre."""
+def resize_cover(frames: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
+    """Resize uint8 (F, H, W, C) frames to cover ``width × height`` keeping the aspect, then crop the centre
+    (``nearest`` for label images such as masks)."""
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     scale = max(height / video.shape[2], width / video.shape[3])
     size = (max(height, round(video.shape[2] * scale)), max(width, round(video.shape[3] * scale)))
     if size != tuple(video.shape[2:]):
-        video = torch.nn.functional.interpolate(video, size=size, mode="bilinear", antialias=True,
-                                                align_corners=False)
+        video = torch.nn.functional.interpolate(video, size=size, mode="nearest-exact") if nearest else \
+            torch.nn.functional.interpolate(video, size=size, mode="bilinear", antialias=True, align_corners=False)
     top, left = (size[0] - height) // 2, (size[1] - width) // 2
     video = video[:, :, top:top + height, left:left + width]
     return video.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy().copy()
 
 
+def read_masks(path: Path, example_id: str) -> np.ndarray:
+    """An example's (F, H, W) entity masks from the ``masks`` array of an ``.npz`` file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{example_id}: entity masks not found: {path}")
+    try:
+        with np.load(path) as data:
+            masks = data["masks"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{example_id}: {path} is not an .npz with a 'masks' array of shape (frames, height, "
+                         f"width) ({error})") from error
+    if masks.ndim != 3:
+        raise ValueError(f"{example_id}: {path} holds masks of shape {masks.shape}; expected (frames, height, width)")
+    return masks
+
+
+def latent_entity_mask(masks: np.ndarray, temporal: int = 4, spatial: int = 8) -> torch.Tensor:
+    """(F, H, W) entity masks → (1, 1, F', H', W') 0/1 mask of the latent cells any entity touches, on a causal
+    VAE's grid: latent frame 0 is pixel frame 0, latent frame i ≥ 1 covers pixel frames ``temporal``·(i-1)+1 …
+    ``temporal``·i; a cell is ``spatial`` × ``spatial`` pixels."""
+    entity = torch.from_numpy(np.asarray(masks) > 0).float()[None, None]
+    first = entity[:, :, :1]
+    rest = torch.nn.functional.pad(entity[:, :, 1:], (0, 0, 0, 0, 0, (-(entity.shape[2] - 1)) % temporal))
+    pooled = [torch.nn.functional.max_pool3d(first, (1, spatial, spatial)),
+              torch.nn.functional.max_pool3d(rest, (temporal, spatial, spatial))]
+    return torch.cat(pooled, dim=2)
+
+
 # --------------------------------------------------------------------------------------------- checks
 def check_dataset(dataset: FewShotDataset, num_frames: int, height: int | None = None,
-                  width: int | None = None) -> list[str]:
-    """Every problem that would stop or spoil training, each naming the example and file; empty if none."""
+                  width: int | None = None, need_masks: bool = False) -> list[str]:
+    """Every problem that would stop or spoil training, each naming the example and file; empty if none.
+    ``need_masks``: the entity-weighted loss is on, so every example needs masks matching its video."""
     problems, seen = [], set()
     for index, e in enumerate(dataset.examples):
         where = f"example {index} ({e.id})"
@@ -195,6 +243,19 @@ def check_dataset(dataset: FewShotDataset, num_frames: int, height: int | None =
         if height and width and (frames.shape[1] < height or frames.shape[2] < width):
             problems.append(f"{where}: {path} is {frames.shape[2]}x{frames.shape[1]}, smaller than the training "
                             f"size {width}x{height}")
+        if need_masks and not e.masks:
+            problems.append(f"{where}: no entity masks given (\"masks\": \"<file>.npz\"), which "
+                            f"entity_loss_weight > 0 needs")
+        elif e.masks:
+            try:
+                masks = read_masks(dataset.path(e.masks), e.id)
+            except (FileNotFoundError, ValueError) as error:
+                problems.append(f"{where}: {error}")
+                continue
+            if masks.shape[1:] != frames.shape[1:3] or len(masks) < num_frames:
+                problems.append(f"{where}: {dataset.path(e.masks)} holds masks of shape {masks.shape}; the video is "
+                                f"{len(frames)}x{frames.shape[1]}x{frames.shape[2]} (frames x height x width) and "
+                                f"training needs {num_frames} frames")
     return problems
 
 

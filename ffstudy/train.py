@@ -7,6 +7,10 @@ timestep indices on the shift-5 schedule, split at the 0.9 boundary between Wan2
 clip 0.05; bf16 autocast on GPU; gradient checkpointing. Clips and prompts are encoded once into a latent cache,
 so a step runs only the transformer.
 
+One addition that is ffstudy's, not FFGo's: ``entity_loss_weight`` w > 0 weighs the latent cells an entity touches
+1 + w times the rest (examples then need masks, :meth:`FewShotDataset.entity_masks`), because small entities carry
+little of a plain loss that the scene dominates; the SpriteWorld experiment measures what it does.
+
 Run with ``ffstudy train --config configs/x.yaml`` or, on several processes,
 ``accelerate launch --multi_gpu --num_processes N -m ffstudy.train --config configs/x.yaml`` (on a CPU-only
 machine this gives N gloo processes; plain ``--num_processes`` without ``--multi_gpu`` starts only one).
@@ -24,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .data import CLIP_LENGTHS, FewShotDataset, LatentCache, check_dataset, clip_key, encode_clip
+from .data import CLIP_LENGTHS, FewShotDataset, LatentCache, check_dataset, clip_key, encode_clip, latent_entity_mask
 from .lora import FFGO_TARGET_MODULES, WEIGHT_NAMES, save_lora, target_module_count
 from .io import write_json
 from .models import get_backbone, load_pipeline
@@ -60,6 +64,7 @@ class TrainConfig:
     flow_shift: float = 5.0
     boundary_ratio: float = 0.9
     loss_outlier_threshold: float = 50.0
+    entity_loss_weight: float = 0.0  # ffstudy's extension: extra loss weight on entity cells (needs masks)
     gradient_checkpointing: bool = False
     mixed_precision: str = "auto"  # "auto": bf16 on CUDA, none on CPU
     seed: int = 42
@@ -195,16 +200,23 @@ LOG_FIELDS = ["step", "expert", "loss", "grad_norm", "sigma", "learning_rate", "
 def encode_dataset(accelerator, pipe, config: TrainConfig) -> list[dict[str, torch.Tensor]]:
     dataset = FewShotDataset.load(config.manifest)
     settings = dict(model=config.model, height=config.height, width=config.width, clip_length=config.clip_length)
-    problems = check_dataset(dataset, clip_frames(config), config.height, config.width)
+    problems = check_dataset(dataset, clip_frames(config), config.height, config.width,
+                             need_masks=config.entity_loss_weight > 0)
     if problems:
         raise ValueError(f"{config.manifest}: {len(problems)} problem(s), fix them before training:\n  "
                          + "\n  ".join(problems))
     cache = LatentCache(config.cache_dir or Path(config.output_dir) / "cache")
     text_length = pipe.ffstudy_backbone.max_sequence_length
     with accelerator.main_process_first():  # rank 0 encodes, the others read its cache
-        return [cache.get(clip_key(dataset, e, {**settings, "text_length": text_length}), lambda e=e: encode_clip(
+        encoded = [cache.get(clip_key(dataset, e, {**settings, "text_length": text_length}), lambda e=e: encode_clip(
             pipe, dataset.training_clip(e, config.height, config.width, config.clip_length), text_length))
             for e in dataset.examples]
+    if config.entity_loss_weight:  # cheap to rebuild, so kept out of the cache
+        for item, e in zip(encoded, dataset.examples):
+            masks = dataset.entity_masks(e, config.height, config.width, config.clip_length)
+            item["entity_mask"] = latent_entity_mask(masks, pipe.vae_scale_factor_temporal,
+                                                     pipe.vae_scale_factor_spatial)
+    return encoded
 
 
 def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pipeline: bool = False
@@ -284,7 +296,9 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
                                                                        accelerator.device)
                 with accelerator.autocast():
                     prediction = transformer(**inputs, return_dict=False)[0]
-                loss = masked_velocity_loss(prediction, target, config.loss_outlier_threshold, frame_mask)
+                weight = 1 + config.entity_loss_weight * torch.cat([b["entity_mask"] for b in batch]).to(
+                    accelerator.device) if config.entity_loss_weight else None
+                loss = masked_velocity_loss(prediction, target, config.loss_outlier_threshold, frame_mask, weight)
                 mean_loss = accelerator.reduce(loss.detach(), "mean")
                 if not torch.isfinite(mean_loss):
                     last = latest_checkpoint(run_dir)

@@ -77,6 +77,30 @@ def test_data_check_lists_every_problem(dataset, tmp_path):
     assert len(check_dataset(dataset, 40)) >= 2  # too short: every readable video named
 
 
+def test_entity_masks_are_cropped_like_the_clip_and_checked(tmp_path):
+    masked = FewShotDataset.load(make_dataset(tmp_path / "masked", masks=True))
+    again = FewShotDataset.load(masked.save(tmp_path / "moved" / "copy.json"))
+    assert again.path(again[0].masks).resolve() == masked.path(masked[0].masks).resolve()
+    masks = masked.entity_masks(masked[0], 64, 112, 13)
+    assert masks.shape == (13, 64, 112) and masks.dtype == bool
+    assert not masks[:4].any()  # the composite frames: inference drops them
+    assert np.array_equal(np.argwhere(masks[8]).min(0), [20, 42]) and np.array_equal(np.argwhere(masks[8]).max(0),
+                                                                                      [39, 61])
+    half = masked.entity_masks(masked[0], 32, 56, 13)  # half size, nearest neighbour: the ball's box halves
+    assert np.array_equal(np.argwhere(half[8]).min(0), [10, 21]) and np.array_equal(np.argwhere(half[8]).max(0),
+                                                                                    [19, 30])
+    assert check_dataset(masked, 17, 64, 112, need_masks=True) == []
+    plain = FewShotDataset.load(make_dataset(tmp_path / "plain"))
+    assert all("no entity masks given" in p for p in check_dataset(plain, 17, need_masks=True))
+    with pytest.raises(ValueError, match="'clip_000' names no entity masks"):
+        plain.entity_masks(plain[0], 64, 112, 13)
+    np.savez(tmp_path / "masked" / "clip_001" / "masks.npz", masks=np.zeros((17, 32, 32), np.uint8))
+    (tmp_path / "masked" / "clip_002" / "masks.npz").write_bytes(b"garbage")
+    problems = check_dataset(masked, 17, need_masks=True)
+    assert len(problems) == 2 and "shape (17, 32, 32)" in problems[0] and "clip_002" in problems[1]
+    assert "not an .npz with a 'masks' array" in problems[1]
+
+
 def test_cli_data_check(dataset, tmp_path, capsys):
     from ffstudy.cli import main
 

@@ -129,7 +129,9 @@ def test_cli_writes_a_clip_and_a_fewshot_dataset(tmp_path, capsys):
     assert np.load(tmp_path / "clip" / "masks.npz")["masks"].shape == (17, 96, 160)
     assert main(["spriteworld", "fewshot", "--examples", "3", "-o", str(tmp_path / "fs")]) == 0
     dataset = FewShotDataset.load(tmp_path / "fs" / "manifest.json")
-    assert len(dataset) == 3 and check_dataset(dataset, 17, 96, 160) == []
+    assert len(dataset) == 3 and check_dataset(dataset, 17, 96, 160, need_masks=True) == []
+    masks = dataset.entity_masks(dataset[0], 96, 160, 17)  # the masks of the few-shot clips, for the weighted loss
+    assert not masks[:4].any() and masks[4:].any(axis=(1, 2)).all()
     clip = dataset.training_clip(dataset[0], 96, 160, 17)
     assert clip.prompt.startswith("ad23r2 the camera view suddenly changes. a")
 
@@ -169,20 +171,22 @@ def test_both_vae_layouts_compress_4x8x8_and_train_on_what_diffusers_decodes(res
     assert AutoencoderKLWan.from_pretrained(tmp_path).config.is_residual is residual
 
 
-def test_latent_sprite_mask_follows_the_causal_vae_grid():
+def test_latent_entity_mask_follows_the_causal_vae_grid():
     """Latent frame 0 is pixel frame 0; latent frame i covers pixel frames 4i-3..4i; a cell is 8x8 pixels."""
-    from ffstudy.spriteworld.pretrain import latent_sprite_mask
+    from ffstudy.data import latent_entity_mask
 
     masks = np.zeros((17, 32, 48), np.uint8)
     masks[0, 0, 0] = 1          # latent (0, 0, 0)
     masks[5, 9, 17] = 2         # pixel frame 5 → latent frame 2, cell (1, 2)
     masks[16, 31, 47] = 1       # last pixel frame → latent frame 4, cell (3, 5)
-    mask = latent_sprite_mask(masks)
+    mask = latent_entity_mask(masks)
     assert mask.shape == (1, 1, 5, 4, 6)
     assert {tuple(i) for i in mask[0, 0].nonzero().tolist()} == {(0, 0, 0), (2, 1, 2), (4, 3, 5)}
     clip = generate_clip(3, cut=False)  # and a real clip: the mask covers exactly the cells its sprites touch
-    mask = latent_sprite_mask(clip.masks)[0, 0]
+    mask = latent_entity_mask(clip.masks)[0, 0]
     assert mask.shape == (5, 12, 20) and bool(mask[0].any()) and not bool(mask.all())
+    coarse = latent_entity_mask(masks, spatial=16)  # Wan2.2-TI2V's VAE: 16x16-pixel cells
+    assert {tuple(i) for i in coarse[0, 0].nonzero().tolist()} == {(0, 0, 0), (2, 0, 1), (4, 1, 2)}
 
 
 def test_weighted_flow_loss():

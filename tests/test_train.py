@@ -138,6 +138,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not (tmp_path / "run" / "high" / "checkpoint-000006").exists()
 
 
+def test_entity_weighted_loss_needs_masks_and_changes_the_loss(tmp_path):
+    """ffstudy's entity_loss_weight: refused without masks; with them, step 1 sees the same batch but a loss that
+    weighs the ball's cells more, and weight 0 ignores the masks."""
+    with pytest.raises(ValueError, match="clip_000.*no entity masks given"):
+        train_expert(config(tmp_path / "plain", entity_loss_weight=9.0, max_steps=1), "high")
+    masked = str(make_dataset(tmp_path / "masked", masks=True))
+    first = {w: train_expert(config(tmp_path / f"w{w}", manifest=masked, entity_loss_weight=w, max_steps=1,
+                                    cache_dir=str(tmp_path / "cache")), "high").losses[0] for w in (0.0, 9.0)}
+    plain = train_expert(config(tmp_path / "plain", max_steps=1), "high").losses[0]
+    assert first[0.0] == plain and first[9.0] != plain
+
+
 def test_config_files_reject_unknown_settings(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("manifest: m.json\nlearning_rat: 0.1\n")

@@ -121,31 +121,48 @@ against {gen['persistence_real_clips']:.1%} for the clips themselves.
 """
 
 
-def render_experiment(experiment: dict) -> str:
-    rows = "\n".join(
+def experiment_rows(runs: dict) -> str:
+    return "\n".join(
         f"| {n} | {r['retention']:.1%} | {r['present']:.1%} | {r['final_in_scene']:.1%} "
         f"| {r['background_psnr']:.1f} dB | {r['clean']:.1%} | {r['train_seconds']:.0f} s |"
-        for n, r in sorted(experiment["runs"].items(), key=lambda kv: int(kv[0])))
+        for n, r in sorted(runs.items(), key=lambda kv: int(kv[0])))
+
+
+def render_experiment(experiment: dict) -> str:
     runs = {int(n): r for n, r in experiment["runs"].items()}
     low, high = runs.get(0, {}).get("retention"), runs.get(50, {}).get("retention")
     verdict = ("N = 50 retention ≥ 80%: " + _goal(high, 0.8) if high is not None else "") + \
         ("; N = 0 retention ≤ 30%: " + _goal(low, 0.3, higher=False) if low is not None else "")
+    weight = experiment.get("entity_loss_weight", 0.0)
+    header = ("| N | entity retention (in the scene) | sprites present anywhere | final frame is the scene "
+              "| background fidelity (PSNR vs plate, scene pixels) | clean transition (first kept frame is the scene) "
+              "| LoRA training time |\n|---|---|---|---|---|---|---|")
+    loss = (f"ffstudy's entity-weighted loss (`entity_loss_weight: {weight:g}`: the latent cells a sprite touches "
+            f"weigh {1 + weight:g}×)" if weight else "FFGo's plain loss")
+    plain = ""
+    if "plain_loss_runs" in experiment:
+        plain = f"""
+The same LoRAs trained with FFGo's plain loss (`entity_loss_weight: 0`; same examples, seeds and steps; N = 0 is the
+same baseline):
+
+{header}
+{experiment_rows(experiment["plain_loss_runs"])}
+"""
     return f"""
 ## The miniature FFGo experiment
 
 `python -m ffstudy.spriteworld.experiment` (`ffstudy/spriteworld/experiment.py`): for each N, N SpriteWorld
 composite→scene examples (seeds from {experiment['fewshot_seeds_start']}), an FFGo LoRA trained on them with
-`configs/spriteworld-cpu.yaml` for {experiment['steps']} steps (N = 0: no LoRA, trigger phrase only), then
+`configs/spriteworld-cpu.yaml` for {experiment['steps']} steps with {loss} (N = 0: no LoRA, trigger phrase only), then
 {experiment['heldout_seeds'][1] - experiment['heldout_seeds'][0] + 1} held-out composites (seeds
 {experiment['heldout_seeds'][0]}–{experiment['heldout_seeds'][1]}) generated with {experiment['inference_steps']} steps and
-measured after dropping the 4 transition frames.
+measured after dropping the 4 transition frames. Training time includes writing and encoding the examples.
 
-| N | entity retention (in the scene) | sprites present anywhere | final frame is the scene | background fidelity (PSNR vs plate, scene pixels) | clean transition (first kept frame is the scene) | LoRA training time |
-|---|---|---|---|---|---|---|
-{rows}
+{header}
+{experiment_rows(runs)}
 
 Goals: {verdict}.
-"""
+{plain}"""
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,9 @@ after dropping the transition frames:
   but does not retain them *in the scene*;
 - background fidelity: PSNR of the final frame against the plate, over pixels no sprite colour claims;
 - transition cleanliness: the first kept frame is closer to the plate than to the composite (no collage residue).
+
+The LoRAs train with the config's ``entity_loss_weight`` (ffstudy's entity-weighted loss); with ``compare_plain``
+each N is also trained with FFGo's plain loss, a one-variable comparison on the same examples and seeds.
 """
 from __future__ import annotations
 
@@ -48,34 +51,50 @@ def measure(video, clip, composite_image) -> dict:
             "clean": in_scene(video.frames[0])}
 
 
-def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int = 300, inference_steps: int = 20,
-        base: TrainConfig | None = None, world: WorldConfig = WorldConfig()) -> dict:
+def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int = 600, inference_steps: int = 20,
+        base: TrainConfig | None = None, world: WorldConfig = WorldConfig(), compare_plain: bool = False) -> dict:
     out = Path(out)
     base = base or TrainConfig.from_file(Path(__file__).resolve().parents[2] / "configs" / "spriteworld-cpu.yaml")
     results = {"sizes": list(sizes), "heldout_seeds": [HELDOUT_SEED0, HELDOUT_SEED0 + heldout - 1],
-               "fewshot_seeds_start": FEWSHOT_SEED0, "steps": steps, "inference_steps": inference_steps, "runs": {}}
+               "fewshot_seeds_start": FEWSHOT_SEED0, "steps": steps, "inference_steps": inference_steps,
+               "entity_loss_weight": base.entity_loss_weight, "runs": {}}
     clips = [generate_clip(HELDOUT_SEED0 + i, world, cut=False) for i in range(heldout)]
+    settings = {"runs": base.entity_loss_weight}
+    if compare_plain and base.entity_loss_weight:
+        settings["plain_loss_runs"] = 0.0
     for n in sizes:
         started = time.perf_counter()
-        pipe = load_pipeline("spriteworld", device="cpu")
-        if n:
-            manifest = write_fewshot_dataset(out / f"data-{n}", n, FEWSHOT_SEED0, world)
-            config = dataclasses.replace(base, manifest=str(manifest), output_dir=str(out / f"lora-{n}"),
-                                         max_steps=steps, checkpoint_every=steps, validation_inference_steps=2)
-            trained = train_expert(config, "main")
-            load_lora(pipe, trained.folder, "main")
-        train_seconds = time.perf_counter() - started
-        scores = []
-        for clip in clips:
-            composite = compose_first_frame(clip.cutouts, clip.background)
-            video = generate(pipe, composite, clip.caption, num_inference_steps=inference_steps, seed=clip.seed,
-                             height=world.height, width=world.width, progress=False)  # the training size
-            fitted = fit_first_frame(composite, *video.frames.shape[1:3]).image
-            scores.append(measure(video, clip, fitted))
-        results["runs"][n] = {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
-        results["runs"][n].update(train_seconds=train_seconds, total_seconds=time.perf_counter() - started)
-        print(f"N={n}: {results['runs'][n]}", flush=True)
+        manifest = write_fewshot_dataset(out / f"data-{n}", n, FEWSHOT_SEED0, world) if n else None
+        writing_seconds = time.perf_counter() - started  # counted in every LoRA trained on these examples
+        for key, weight in settings.items():
+            if key != "runs" and not n:
+                continue  # N = 0 trains nothing: one baseline serves both
+            started = time.perf_counter()
+            pipe = load_pipeline("spriteworld", device="cpu")
+            if n:
+                config = dataclasses.replace(base, manifest=str(manifest), output_dir=str(lora_dir(out, n, weight)),
+                                             max_steps=steps, checkpoint_every=steps, validation_inference_steps=2,
+                                             entity_loss_weight=weight)
+                load_lora(pipe, train_expert(config, "main").folder, "main")
+            train_seconds = writing_seconds + time.perf_counter() - started
+            scores = [measure_clip(pipe, clip, inference_steps, world) for clip in clips]
+            row = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+            row.update(train_seconds=train_seconds, total_seconds=writing_seconds + time.perf_counter() - started)
+            results.setdefault(key, {})[n] = row
+            print(f"N={n}, entity_loss_weight {weight:g}: {row}", flush=True)
     return results
+
+
+def lora_dir(out: str | Path, n: int, weight: float) -> Path:
+    return Path(out) / f"lora-{n}-w{weight:g}"
+
+
+def measure_clip(pipe, clip, inference_steps: int, world: WorldConfig) -> dict:
+    """Generate from the clip's composite at the training size and :func:`measure` the video."""
+    composite = compose_first_frame(clip.cutouts, clip.background)
+    video = generate(pipe, composite, clip.caption, num_inference_steps=inference_steps, seed=clip.seed,
+                     height=world.height, width=world.width, progress=False)
+    return measure(video, clip, fit_first_frame(composite, *video.frames.shape[1:3]).image)
 
 
 def ship_lora(results: dict, out: str | Path, n: int, destination: str | Path) -> Path:
@@ -91,14 +110,15 @@ def ship_lora(results: dict, out: str | Path, n: int, destination: str | Path) -
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     with atomic_path(destination / WEIGHT_NAMES["main"]) as tmp:
-        shutil.copyfile(Path(out) / f"lora-{n}" / "main" / WEIGHT_NAMES["main"], tmp)
+        shutil.copyfile(lora_dir(out, n, results["entity_loss_weight"]) / "main" / WEIGHT_NAMES["main"], tmp)
     baseline = f" Without a LoRA (trigger phrase only): retention {runs[0]['retention']:.1%}." if 0 in runs else ""
     card = f"""# SpriteWorld FFGo LoRA
 
 An FFGo LoRA for the SpriteWorld I2V model (`data/models/spriteworld-i2v`), trained by the miniature FFGo experiment
 (`python -m ffstudy.spriteworld.experiment --ship-lora {n}`) on **{n}** SpriteWorld composite→scene examples (seeds
-from {results['fewshot_seeds_start']}) with `configs/spriteworld-cpu.yaml` for {results['steps']} steps
-({run['train_seconds']:.0f} s on the 2-core CPU, including writing and encoding the examples).
+from {results['fewshot_seeds_start']}) with `configs/spriteworld-cpu.yaml` (`entity_loss_weight:
+{results['entity_loss_weight']:g}`) for {results['steps']} steps ({run['train_seconds']:.0f} s on the 2-core CPU, including
+writing and encoding the examples).
 
 ```python
 pipe = ffstudy.load_pipeline("spriteworld")
@@ -125,16 +145,18 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="outputs/spriteworld-experiment")
     parser.add_argument("--sizes", default="0,5,10,20,50")
     parser.add_argument("--heldout", type=int, default=40)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--results", default="data/models/spriteworld-i2v/experiment.json")
     parser.add_argument("--ship-lora", type=int, metavar="N",
                         help="also copy the LoRA trained on N examples to --lora-dir, with its card")
     parser.add_argument("--lora-dir", default="data/models/spriteworld-ffgo-lora")
+    parser.add_argument("--compare-plain", action="store_true",
+                        help="also train every N with FFGo's plain loss (entity_loss_weight 0) and report both")
     args = parser.parse_args(argv)
     sizes = [int(v) for v in args.sizes.split(",")]
     if args.ship_lora is not None and (args.ship_lora not in sizes or args.ship_lora == 0):
         parser.error(f"--ship-lora {args.ship_lora}: not a trained size among --sizes {args.sizes} (N = 0 has no LoRA)")
-    results = run(args.out, sizes, args.heldout, args.steps)
+    results = run(args.out, sizes, args.heldout, args.steps, compare_plain=args.compare_plain)
     write_json(args.results, results)
     if args.ship_lora is not None:
         print(f"shipped {ship_lora(results, args.out, args.ship_lora, args.lora_dir)}")

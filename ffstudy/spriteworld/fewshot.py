@@ -37,5 +37,6 @@ def write_fewshot_dataset(out: str | Path, examples: int = 20, seed0: int = FEWS
         name = f"sw_{seed0 + i}"
         files = write_clip(clip, out / name)
         rows.append(Example(id=name, caption=clip.caption, video=f"{name}/{files['video']}",
-                            cutouts=[f"{name}/{c}" for c in files["cutouts"]], background=f"{name}/{files['background']}"))
+                            cutouts=[f"{name}/{c}" for c in files["cutouts"]], background=f"{name}/{files['background']}",
+                            masks=f"{name}/masks.npz"))
     return FewShotDataset(rows, out).save(out / "manifest.json")

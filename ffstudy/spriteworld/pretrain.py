@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import TrainingClip, encode_clip, video_tensor
+from ..data import TrainingClip, encode_clip, latent_entity_mask, video_tensor
 from ..models import ffgo_scheduler, tiny_text_encoder, tiny_tokenizer
 from ..train import expert_timestep_range, masked_velocity_loss, sample_flow_inputs
 from .world import WorldConfig, generate_clip
@@ -197,22 +197,11 @@ def set_latent_statistics(vae, clips: list) -> None:
                            latents_std=means.std(dim=(0, 2, 3, 4)).tolist())
 
 
-def latent_sprite_mask(masks: np.ndarray, temporal: int = 4, spatial: int = 8) -> torch.Tensor:
-    """(T, H, W) entity masks → (1, 1, T', H', W') 0/1 mask of the latent cells any sprite touches, on the causal
-    VAE's grid: latent frame 0 is pixel frame 0, latent frame i ≥ 1 covers pixel frames 4i-3 … 4i."""
-    sprite = torch.from_numpy(masks > 0).float()[None, None]
-    first = sprite[:, :, :1]
-    rest = torch.nn.functional.pad(sprite[:, :, 1:], (0, 0, 0, 0, 0, (-(sprite.shape[2] - 1)) % temporal))
-    pooled = [torch.nn.functional.max_pool3d(first, (1, spatial, spatial)),
-              torch.nn.functional.max_pool3d(rest, (temporal, spatial, spatial))]
-    return torch.cat(pooled, dim=2)
-
-
 def encode_training_set(pipe, clips: list, config: PretrainConfig) -> list[dict]:
     encoded = []
     for clip in tqdm(clips, desc="encoding clips"):
         item = encode_clip(pipe, TrainingClip(clip.frames, clip.caption, None), config.max_sequence_length)
-        item["sprite_mask"] = latent_sprite_mask(clip.masks)
+        item["sprite_mask"] = latent_entity_mask(clip.masks)
         encoded.append(item)
     return encoded
 
