@@ -196,7 +196,7 @@ def cmd_data(args) -> int:
     if args.data_command == "check":
         dataset = FewShotDataset.load(args.manifest)
         frames = args.frames or CLIP_LENGTHS[args.clip_length]
-        problems = check_dataset(dataset, frames, args.height, args.width)
+        problems = check_dataset(dataset, frames, args.height, args.width, need_masks=args.masks)
         for problem in problems:
             print(f"  {problem}")
         print(f"{args.manifest}: {len(dataset)} examples, "
@@ -318,12 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="few-shot dataset tools: check, export/import the official FFGo JSON")
     data = p.add_subparsers(dest="data_command", required=True)
     q = data.add_parser("check", help="list every problem of a dataset before training",
-                        description="Checks files, readability, clip length, sizes, duplicate ids and captions.")
+                        description="Checks files, readability, clip length, sizes, duplicate ids, captions and "
+                                    "entity masks.")
     q.add_argument("manifest")
     q.add_argument("--clip-length", choices=("official", "paper"), default="official")
     q.add_argument("--frames", type=int, help="frames each clip needs (overrides --clip-length)")
     q.add_argument("--height", type=int)
     q.add_argument("--width", type=int)
+    q.add_argument("--masks", action="store_true", help="require entity masks (for entity_loss_weight > 0)")
     q = data.add_parser("export-official", help="write the VideoX-Fun JSON and composites")
     q.add_argument("manifest")
     q.add_argument("--json", required=True)

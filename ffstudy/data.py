@@ -122,10 +122,10 @@ class FewShotDataset:
         """The example's entity masks cropped and resized exactly like :meth:`training_clip`'s frames (nearest
         neighbour), as (F, H, W) bool; the composite frames are left unmarked, since inference drops them."""
         num_frames = CLIP_LENGTHS.get(clip_length, clip_length)
-        masks = read_masks(self.path(example.masks), example.id) if example.masks else None
-        if masks is None:
+        if not example.masks:
             raise ValueError(f"example {example.id!r} names no entity masks; add \"masks\": \"<file>.npz\" to its "
                              "manifest row or set entity_loss_weight: 0")
+        masks = read_masks(self.path(example.masks), example.id)
         if len(masks) < num_frames:
             raise ValueError(f"{example.id}: {example.masks} has {len(masks)} frames, the clip needs {num_frames}")
         masks = resize_cover((masks[:num_frames] > 0).astype(np.uint8)[..., None], height, width, nearest=True)

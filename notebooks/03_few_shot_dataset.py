@@ -26,6 +26,7 @@
 # - write a few-shot dataset (manifest + files) and load it back;
 # - build the training clip exactly as FFGo does: frames 0–3 replaced by the composite, caption behind the trigger;
 # - explain the two clip lengths (`paper`: 81 frames, `official`: 21) and when to use each;
+# - read an example's entity masks on the training clip's latent grid (what ffstudy's entity-weighted loss uses);
 # - export and import the official FFGo / VideoX-Fun JSON;
 # - catch every broken example with `data check` before a GPU-hour is spent.
 
@@ -100,6 +101,37 @@ for ax, t in zip(axes, range(0, 16, 2)):
 plt.show()
 
 # %% [markdown]
+# ## Entity masks: ffstudy's addition
+#
+# FFGo's examples stop there. SpriteWorld also knows which pixel belongs to which sprite, so each example names a
+# `masks.npz` (F × H × W, 0 = no sprite; for real videos a video segmenter gives the same). `entity_masks` crops them
+# exactly like the clip and leaves the four canvas frames blank, and `latent_entity_mask` marks the latent cells
+# (4 frames × 8 × 8 pixels, latent frame 0 alone) that a sprite touches. With `entity_loss_weight` > 0 the LoRA's
+# loss weighs those cells more. A plain loss is dominated by the scene, because sprites are small. Chapter 6 measures
+# what the weighting does to entity retention.
+
+# %%
+from ffstudy.data import latent_entity_mask
+
+masks = dataset.entity_masks(example, height=96, width=160, clip_length=17)
+cells = latent_entity_mask(masks)[0, 0].numpy()
+print("pixel masks:", masks.shape, "| latent cells:", cells.shape,
+      f"| sprites cover {masks[4:].mean():.1%} of the real frames' pixels and touch {cells[1:].mean():.1%} "
+      "of their latent cells")
+fig, axes = plt.subplots(2, 4, figsize=(13, 3.6))
+for column, t in enumerate((0, 4, 8, 16)):
+    axes[0, column].imshow(clip.frames[t])
+    axes[0, column].imshow(np.ma.masked_where(~masks[t], masks[t]), cmap="autumn", alpha=0.6)
+    axes[0, column].set_title(f"frame {t} + entity mask")
+    latent = 0 if t == 0 else (t + 3) // 4
+    axes[1, column].imshow(cells[latent], cmap="gray_r", vmin=0, vmax=1)
+    axes[1, column].set_title(f"latent frame {latent}: cells touched")
+    axes[0, column].set_axis_off()
+    axes[1, column].set_xticks([])  # keep the frame: the grid is 12 x 20 cells of 8 x 8 pixels
+    axes[1, column].set_yticks([])
+plt.show()
+
+# %% [markdown]
 # **Clip length.** The paper says its clips have 81 frames. The released training command, read through
 # VideoX-Fun's token budget, cuts every clip to **21** frames at 768×1344 — and only that fits the reported five
 # hours per expert. `clip_length="paper"` (81) and `"official"` (21) are both settings; SpriteWorld clips have 17.
@@ -131,7 +163,8 @@ print("captions survive the round trip:", [e.caption for e in back] == [e.captio
 #
 # `check_dataset` (and `ffstudy data check manifest.json` on the command line) lists **every** problem with its
 # file: missing or unreadable files, videos too short for the clip, too small for the training size, duplicate ids,
-# empty captions. Here we break a copy of the dataset on purpose.
+# empty captions, and, when the entity-weighted loss is on (`need_masks=True`), missing or mismatched masks. Here we
+# break a copy of the dataset on purpose.
 
 # %%
 broken = FewShotDataset.load(manifest)
@@ -140,9 +173,10 @@ broken.examples[2].caption = " "
 broken.examples[3].cutouts = ["sw_missing/cutout_0.png"]
 Path(OUT, "not_a_video.mp4").write_bytes(b"this is not a video")
 broken.examples[4].video = "not_a_video.mp4"
-for problem in check_dataset(broken, num_frames=17, height=96, width=160):
+broken.examples[5].masks = None
+for problem in check_dataset(broken, num_frames=17, height=96, width=160, need_masks=True):
     print(problem.replace(str(Path(OUT).resolve()), OUT))
-print("the real dataset:", check_dataset(dataset, num_frames=17, height=96, width=160) or "no problems")
+print("the real dataset:", check_dataset(dataset, num_frames=17, height=96, width=160, need_masks=True) or "no problems")
 
 # %% [markdown]
 # ## Exercises
@@ -154,3 +188,5 @@ print("the real dataset:", check_dataset(dataset, num_frames=17, height=96, widt
 #    learn from that frame, and what would change if it were masked out?
 # 4. Import an official-format JSON whose `file_path` entries are relative. Which folder do they resolve against,
 #    and why does `image_path` behave differently?
+# 5. Sprites touch a larger share of latent cells than of pixels (printed above). Why? With weight w, what share of
+#    the loss do sprite cells get, and which share do sprite *pixels* get inside those cells?

@@ -111,6 +111,8 @@ def test_cli_data_check(dataset, tmp_path, capsys):
     assert main(["data", "check", str(bad), "--frames", "40"]) == 1
     out = capsys.readouterr().out
     assert "nowhere.mp4" in out and "has 17 frames, training needs 40" in out
+    assert main(["data", "check", str(manifest), "--frames", "17", "--masks"]) == 1
+    assert "clip_000): no entity masks given" in capsys.readouterr().out
 
 
 def test_latent_cache_is_keyed_by_content(dataset, tiny_pipe, tmp_path):

@@ -66,15 +66,19 @@ def test_the_shipped_ffgo_lora_loads_and_changes_the_video():
 def test_the_miniature_experiment_runs_end_to_end_and_ships_a_loadable_lora(tmp_path):
     from ffstudy.spriteworld.experiment import run, ship_lora
 
-    from ffstudy.spriteworld.card import render_experiment
+    from ffstudy.spriteworld.card import render_check, render_experiment
 
-    results = run(tmp_path, sizes=(0, 2), heldout=1, steps=2, inference_steps=2, compare_plain=True)
+    results = run(tmp_path, sizes=(0, 2), heldout=1, steps=2, inference_steps=2, compare_plain=True,
+                  first_heldout=3_000_040)
+    assert results["heldout_seeds"] == [3_000_040, 3_000_040]
     assert results["entity_loss_weight"] > 0  # the course config trains with the entity-weighted loss
     assert set(results["runs"]) == {0, 2} and set(results["plain_loss_runs"]) == {2}  # N = 0: one shared baseline
     assert {"retention", "present", "final_in_scene", "background_psnr", "clean", "train_seconds"} <= \
         set(results["runs"][2])
     card = render_experiment(results)
     assert f"`entity_loss_weight: {results['entity_loss_weight']:g}`" in card and "FFGo's plain loss" in card
+    check = render_check(results)  # the same run, read as a check on untouched composites
+    assert "--first-heldout 3000040 --heldout 1" in check and "| plain loss | 2 |" in check
     shipped = ship_lora(results, tmp_path, 2, tmp_path / "shipped")
     assert "**2** SpriteWorld composite" in (shipped / "README.md").read_text()
     weighted, plain = (tmp_path / f"lora-2-w{w:g}" / "main" / "pytorch_lora_weights.safetensors"

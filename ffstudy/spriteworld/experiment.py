@@ -52,13 +52,14 @@ def measure(video, clip, composite_image) -> dict:
 
 
 def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int = 600, inference_steps: int = 20,
-        base: TrainConfig | None = None, world: WorldConfig = WorldConfig(), compare_plain: bool = False) -> dict:
+        base: TrainConfig | None = None, world: WorldConfig = WorldConfig(), compare_plain: bool = False,
+        first_heldout: int = HELDOUT_SEED0) -> dict:
     out = Path(out)
     base = base or TrainConfig.from_file(Path(__file__).resolve().parents[2] / "configs" / "spriteworld-cpu.yaml")
-    results = {"sizes": list(sizes), "heldout_seeds": [HELDOUT_SEED0, HELDOUT_SEED0 + heldout - 1],
+    results = {"sizes": list(sizes), "heldout_seeds": [first_heldout, first_heldout + heldout - 1],
                "fewshot_seeds_start": FEWSHOT_SEED0, "steps": steps, "inference_steps": inference_steps,
                "entity_loss_weight": base.entity_loss_weight, "runs": {}}
-    clips = [generate_clip(HELDOUT_SEED0 + i, world, cut=False) for i in range(heldout)]
+    clips = [generate_clip(first_heldout + i, world, cut=False) for i in range(heldout)]
     settings = {"runs": base.entity_loss_weight}
     if compare_plain and base.entity_loss_weight:
         settings["plain_loss_runs"] = 0.0
@@ -116,9 +117,9 @@ def ship_lora(results: dict, out: str | Path, n: int, destination: str | Path) -
 
 An FFGo LoRA for the SpriteWorld I2V model (`data/models/spriteworld-i2v`), trained by the miniature FFGo experiment
 (`python -m ffstudy.spriteworld.experiment --ship-lora {n}`) on **{n}** SpriteWorld composite→scene examples (seeds
-from {results['fewshot_seeds_start']}) with `configs/spriteworld-cpu.yaml` (`entity_loss_weight:
-{results['entity_loss_weight']:g}`) for {results['steps']} steps ({run['train_seconds']:.0f} s on the 2-core CPU, including
-writing and encoding the examples).
+from {results['fewshot_seeds_start']}) with `configs/spriteworld-cpu.yaml` for {results['steps']} steps
+({run['train_seconds']:.0f} s on the 2-core CPU, including writing and encoding the examples), with
+`entity_loss_weight: {results['entity_loss_weight']:g}`.
 
 ```python
 pipe = ffstudy.load_pipeline("spriteworld")
@@ -145,6 +146,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="outputs/spriteworld-experiment")
     parser.add_argument("--sizes", default="0,5,10,20,50")
     parser.add_argument("--heldout", type=int, default=40)
+    parser.add_argument("--first-heldout", type=int, default=HELDOUT_SEED0,
+                        help="seed of the first held-out composite (another range checks a tuned setting afresh)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--results", default="data/models/spriteworld-i2v/experiment.json")
     parser.add_argument("--ship-lora", type=int, metavar="N",
@@ -156,7 +159,8 @@ def main(argv=None) -> int:
     sizes = [int(v) for v in args.sizes.split(",")]
     if args.ship_lora is not None and (args.ship_lora not in sizes or args.ship_lora == 0):
         parser.error(f"--ship-lora {args.ship_lora}: not a trained size among --sizes {args.sizes} (N = 0 has no LoRA)")
-    results = run(args.out, sizes, args.heldout, args.steps, compare_plain=args.compare_plain)
+    results = run(args.out, sizes, args.heldout, args.steps, compare_plain=args.compare_plain,
+                  first_heldout=args.first_heldout)
     write_json(args.results, results)
     if args.ship_lora is not None:
         print(f"shipped {ship_lora(results, args.out, args.ship_lora, args.lora_dir)}")
