@@ -148,6 +148,10 @@ def test_entity_weighted_loss_needs_masks_and_changes_the_loss(tmp_path):
                                     cache_dir=str(tmp_path / "cache")), "high").losses[0] for w in (0.0, 9.0)}
     plain = train_expert(config(tmp_path / "plain", max_steps=1), "high").losses[0]
     assert first[0.0] == plain and first[9.0] != plain
+    # Wan2.2-TI2V: its VAE has 16x16-pixel cells and a loss mask over the clean first frame; the weight must fit both
+    ti2v = train_expert(config(tmp_path / "ti2v", manifest=masked, model="tiny-wan2.2-ti2v", expert="full",
+                               height=64, width=96, entity_loss_weight=9.0, max_steps=1), "main")  # cropped
+    assert np.isfinite(ti2v.losses[0])
 
 
 def test_config_files_reject_unknown_settings(tmp_path):
