@@ -128,6 +128,14 @@ def sample_flow_inputs(batch: list[dict], sigmas, lo: int, hi: int, generator, d
     return inputs, noise - x0, frame_mask, sigma
 
 
+def entity_loss_weights(batch: list[dict], extra: float, device) -> torch.Tensor | None:
+    """Per-cell loss weights 1 + ``extra``·mask from the batch's cached ``entity_mask`` (None when ``extra`` is 0):
+    the cells an entity touches count 1 + ``extra`` times the rest."""
+    if not extra:
+        return None
+    return 1.0 + extra * torch.cat([b["entity_mask"] for b in batch]).to(device)
+
+
 def masked_velocity_loss(prediction, target, threshold: float, mask=None, weight=None) -> torch.Tensor:
     """FFGo's loss: squared error on elements with |error| ≤ threshold, averaged over all (masked) elements.
     ``weight`` (broadcast like ``mask``) reweights elements, normalised to mean 1 so the loss keeps its scale."""
@@ -296,8 +304,7 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
                                                                        accelerator.device)
                 with accelerator.autocast():
                     prediction = transformer(**inputs, return_dict=False)[0]
-                weight = 1 + config.entity_loss_weight * torch.cat([b["entity_mask"] for b in batch]).to(
-                    accelerator.device) if config.entity_loss_weight else None
+                weight = entity_loss_weights(batch, config.entity_loss_weight, accelerator.device)
                 loss = masked_velocity_loss(prediction, target, config.loss_outlier_threshold, frame_mask, weight)
                 mean_loss = accelerator.reduce(loss.detach(), "mean")
                 if not torch.isfinite(mean_loss):

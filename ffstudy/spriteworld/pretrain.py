@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..data import TrainingClip, encode_clip, latent_entity_mask, video_tensor
 from ..models import ffgo_scheduler, tiny_text_encoder, tiny_tokenizer
-from ..train import expert_timestep_range, masked_velocity_loss, sample_flow_inputs
+from ..train import entity_loss_weights, expert_timestep_range, masked_velocity_loss, sample_flow_inputs
 from .world import WorldConfig, generate_clip
 
 
@@ -201,7 +201,7 @@ def encode_training_set(pipe, clips: list, config: PretrainConfig) -> list[dict]
     encoded = []
     for clip in tqdm(clips, desc="encoding clips"):
         item = encode_clip(pipe, TrainingClip(clip.frames, clip.caption, None), config.max_sequence_length)
-        item["sprite_mask"] = latent_entity_mask(clip.masks)
+        item["entity_mask"] = latent_entity_mask(clip.masks)
         encoded.append(item)
     return encoded
 
@@ -218,7 +218,7 @@ def train_transformer(pipe, encoded: list[dict], config: PretrainConfig, log: li
         batch = [encoded[int(i)] for i in torch.randint(len(encoded), (config.transformer_batch,),
                                                         generator=generator)]
         inputs, target, _, _ = sample_flow_inputs(batch, sigmas, lo, hi, generator, "cpu")
-        weight = 1.0 + config.transformer_sprite_weight * torch.cat([b["sprite_mask"] for b in batch])
+        weight = entity_loss_weights(batch, config.transformer_sprite_weight, "cpu")
         loss = masked_velocity_loss(transformer(**inputs, return_dict=False)[0], target, 50.0, weight=weight)
         optimizer.zero_grad()
         loss.backward()
