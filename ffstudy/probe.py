@@ -36,7 +36,7 @@ WHOLE_FRAME = "frame_0"
 TEXT_PARTS = ("trigger", "caption", "padding")
 _HOOK_NAME = "ffstudy_probe"
 _TILE_BYTES = 256 * 2**20  # budget for one (heads x query chunk x keys) tile
-_KERNEL_MATCHES_STOCK: dict[tuple, bool] = {}
+_STOCK_KERNEL: dict[tuple, str | None] = {}  # (device, dtype, backend) -> the fused kernel equal to stock
 
 
 # --------------------------------------------------------------------------------------------- attention math
@@ -50,21 +50,30 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return out.type_as(x)
 
 
-def _fused_attention_with_lse(q, k, v):
-    """(output (B,S,H,D), logsumexp (B,H,S) float32) from a fused SDPA kernel, or None where there is none."""
+def _fused_kernels(device_type: str, dtype: torch.dtype) -> dict:
+    """The fused SDPA kernels that also return the log-sum-exp, by name, each (q, k, v) in (B,H,S,D) ->
+    (output (B,H,S,D), logsumexp with B·H·S entries); which one the stock attention uses depends on the build."""
+    ops = torch.ops.aten
+    if device_type == "cpu":
+        return {"flash_cpu": lambda q, k, v: ops._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]}
+    if device_type != "cuda":
+        return {}
+    kernels = {"efficient": lambda q, k, v: ops._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]}
+    if dtype in (torch.float16, torch.bfloat16):
+        kernels = {"cudnn": lambda q, k, v: ops._scaled_dot_product_cudnn_attention(q, k, v, None, True)[:2],
+                   "flash": lambda q, k, v: ops._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False)[:2],
+                   **kernels}
+    return kernels
+
+
+def _fused_attention_with_lse(q, k, v, kernel: str):
+    """(output (B,S,H,D), logsumexp (B,H,S) float32) from fused kernel ``kernel``, or None where it fails."""
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     try:
-        if q.device.type == "cpu":
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)[:2]
-        elif q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16):
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, False, False)[:2]
-        elif q.device.type == "cuda":
-            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(qt, kt, vt, None, True)[:2]
-            lse = lse[..., : q.shape[1]]
-        else:
-            return None
+        out, lse = _fused_kernels(q.device.type, q.dtype)[kernel](qt, kt, vt)
     except (RuntimeError, NotImplementedError):
         return None
+    lse = lse.reshape(*lse.shape[:2], -1)[..., : q.shape[1]]  # cuDNN: (B,H,S,1); efficient: S padded to 32s
     return out.transpose(1, 2), lse.float()
 
 
@@ -105,11 +114,14 @@ class FirstFrameProbeProcessor(WanAttnProcessor):
 
         if attention_mask is None and self._parallel_config is None and self.probe.fused_lse:
             check = (query.device.type, query.dtype, str(self._attention_backend))
-            if _KERNEL_MATCHES_STOCK.get(check, True):
-                fused = _fused_attention_with_lse(query, key, value)
-                if fused is not None and check not in _KERNEL_MATCHES_STOCK:
-                    _KERNEL_MATCHES_STOCK[check] = torch.equal(fused[0], stock())
-                if fused is not None and _KERNEL_MATCHES_STOCK[check]:
+            if check not in _STOCK_KERNEL:  # once: the first fused kernel whose output is bit-identical to stock
+                reference = stock()
+                _STOCK_KERNEL[check] = next((name for name in _fused_kernels(*check[:2])
+                                             if (fused := _fused_attention_with_lse(query, key, value, name))
+                                             is not None and torch.equal(fused[0], reference)), None)
+            if _STOCK_KERNEL[check] is not None:
+                fused = _fused_attention_with_lse(query, key, value, _STOCK_KERNEL[check])
+                if fused is not None:
                     return fused
         return stock(), None
 

@@ -150,18 +150,61 @@ def masked_velocity_loss(prediction, target, threshold: float, mask=None, weight
     return (squared * keep).mean()
 
 
+def batch_loss(accelerator, transformer, batch: list[dict], config: "TrainConfig", sigmas, lo: int, hi: int,
+               generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step's loss on cached clips (and its σ): noisy inputs, the transformer under the
+    accelerator's autocast (bf16 on GPU), FFGo's masked velocity loss with optional entity weights."""
+    inputs, target, frame_mask, sigma = sample_flow_inputs(batch, sigmas, lo, hi, generator, accelerator.device)
+    with accelerator.autocast():
+        prediction = transformer(**inputs, return_dict=False)[0]
+    weight = entity_loss_weights(batch, config.entity_loss_weight, accelerator.device)
+    return masked_velocity_loss(prediction, target, config.loss_outlier_threshold, frame_mask, weight), sigma
+
+
+def add_ffgo_lora(transformer, config: "TrainConfig") -> list[torch.nn.Parameter]:
+    """A fresh peft LoRA on the config's targets, seeded so every process starts alike; its weights are kept
+    in float32 (the frozen base may be bf16) and are the only trainable parameters, which are returned."""
+    from peft import LoraConfig
+
+    expected = target_module_count(transformer, config.target_modules)
+    lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=config.target_modules,
+                             init_lora_weights=True)
+    device = next(transformer.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)  # the LoRA's A matrices are random: same seed, same start, in any process
+        transformer.add_adapter(lora_config)
+    params = [p for n, p in transformer.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    wrapped = sum(1 for n, _ in transformer.named_modules() if n.endswith(".lora_A"))
+    if wrapped != expected:
+        raise RuntimeError(f"peft wrapped {wrapped} modules, expected {expected} for {config.target_modules}")
+    return params
+
+
 # --------------------------------------------------------------------------------------------- checkpoints
 def latest_checkpoint(directory: Path) -> Path | None:
     done = sorted(p for p in directory.glob("checkpoint-*") if p.is_dir() and (p / "state.json").is_file())
     return done[-1] if done else None
 
 
+def _state_dict_options(**options):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # full (unsharded) tensors on every process: the same files whether DDP, FSDP or one process wrote them
+    return StateDictOptions(full_state_dict=True, **options)
+
+
 def write_checkpoint(accelerator, directory: Path, step: int, transformer, optimizer, generator, expert: str) -> None:
     """All ranks write their RNG state into a temporary folder; the main rank adds the LoRA, optimizer and
     step, then renames it into place, so a kill at any moment leaves the previous checkpoint intact."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
     final = directory / f"checkpoint-{step:06d}"
     staging = directory / f".checkpoint-{step:06d}.partial"
     full_state = accelerator.get_state_dict(transformer)  # every rank takes part when FSDP shards the model
+    optimizer_state = get_optimizer_state_dict(transformer, optimizer.optimizer, options=_state_dict_options())
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -170,7 +213,7 @@ def write_checkpoint(accelerator, directory: Path, step: int, transformer, optim
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_lora(accelerator.unwrap_model(transformer), staging, expert, state_dict=full_state)
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        torch.save(optimizer_state, staging / "optimizer.pt")
         (staging / "state.json").write_text(json.dumps({"step": step, "expert": expert}))
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
@@ -178,14 +221,24 @@ def write_checkpoint(accelerator, directory: Path, step: int, transformer, optim
 
 
 def read_checkpoint(accelerator, checkpoint: Path, transformer, optimizer, generator, expert: str) -> int:
+    """Every rank reads the full LoRA and optimizer state; ``set_*_state_dict`` shards them as the model is."""
     from diffusers.utils import convert_unet_state_dict_to_peft
-    from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     lora = load_file(str(checkpoint / WEIGHT_NAMES[expert]))
-    lora = {k.removeprefix("transformer."): v for k, v in lora.items()}
-    set_peft_model_state_dict(accelerator.unwrap_model(transformer), convert_unet_state_dict_to_peft(lora))
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    lora = convert_unet_state_dict_to_peft({k.removeprefix("transformer."): v for k, v in lora.items()})
+    lora = {k.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default."): v
+            for k, v in lora.items()}  # peft's names for the adapter "default"
+    names = {n.replace("_checkpoint_wrapped_module.", "")  # FSDP's activation checkpointing wraps blocks
+             for n, _ in accelerator.unwrap_model(transformer).named_parameters()}
+    missing = set(lora) - names
+    if missing:
+        raise ValueError(f"{checkpoint}: LoRA tensors this model does not have: {sorted(missing)[:5]}")
+    set_model_state_dict(transformer, lora, options=_state_dict_options(strict=False))
+    set_optimizer_state_dict(transformer, optimizer.optimizer, torch.load(checkpoint / "optimizer.pt",
+                                                                          weights_only=True),
+                             options=_state_dict_options())
     generator.set_state(torch.load(checkpoint / f"rng-{accelerator.process_index}.pt", weights_only=True))
     return json.loads((checkpoint / "state.json").read_text())["step"]
 
@@ -232,7 +285,6 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
     """Train one LoRA (one expert); the result names its folder and diffusers-format file."""
     from accelerate import Accelerator
     from accelerate.utils import gather_object
-    from peft import LoraConfig
     from tqdm.auto import tqdm
 
     cuda = torch.cuda.is_available()
@@ -251,21 +303,14 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
         if module is not None:
             module.requires_grad_(False)
     transformer = pipe.transformer_2 if expert == "low" else pipe.transformer
+    params = add_ffgo_lora(transformer, config)
     expected = target_module_count(transformer, config.target_modules)
-    lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=config.target_modules,
-                             init_lora_weights=True)
-    with torch.random.fork_rng(devices=[accelerator.device] if cuda else []):
-        torch.manual_seed(config.seed)  # the LoRA's A matrices are random: same seed, same start, in any process
-        transformer.add_adapter(lora_config)
-    params = [p for n, p in transformer.named_parameters() if "lora_" in n]
-    for p in params:
-        p.data = p.data.float()
-        p.requires_grad_(True)
-    wrapped = sum(1 for n, _ in transformer.named_modules() if n.endswith(".lora_A"))
-    if wrapped != expected:
-        raise RuntimeError(f"peft wrapped {wrapped} modules, expected {expected} for {config.target_modules}")
     if config.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+        fsdp = getattr(accelerator.state, "fsdp_plugin", None)
+        if fsdp is not None:  # FSDP checkpoints inside each sharded block; diffusers' own fails under FSDP2
+            fsdp.activation_checkpointing = True
+        else:
+            transformer.enable_gradient_checkpointing()
 
     # 2. clips and prompts, encoded once
     encoded = encode_dataset(accelerator, pipe, config)
@@ -276,6 +321,7 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.999),
                                   weight_decay=config.weight_decay, eps=config.adam_epsilon)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    params = [p for p in transformer.parameters() if p.requires_grad]  # FSDP replaces them with sharded ones
     generator = torch.Generator().manual_seed(config.seed + 1000 * accelerator.process_index)
     sigmas, lo, hi = expert_timestep_range(expert, config.boundary_ratio, config.flow_shift)
     step, log_path = 0, run_dir / "loss.csv"
@@ -300,12 +346,7 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
             with accelerator.accumulate(transformer):
                 batch = [encoded[int(i)] for i in torch.randint(len(encoded), (config.batch_size,),
                                                                 generator=generator)]
-                inputs, target, frame_mask, sigma = sample_flow_inputs(batch, sigmas, lo, hi, generator,
-                                                                       accelerator.device)
-                with accelerator.autocast():
-                    prediction = transformer(**inputs, return_dict=False)[0]
-                weight = entity_loss_weights(batch, config.entity_loss_weight, accelerator.device)
-                loss = masked_velocity_loss(prediction, target, config.loss_outlier_threshold, frame_mask, weight)
+                loss, sigma = batch_loss(accelerator, transformer, batch, config, sigmas, lo, hi, generator)
                 mean_loss = accelerator.reduce(loss.detach(), "mean")
                 if not torch.isfinite(mean_loss):
                     last = latest_checkpoint(run_dir)
@@ -347,6 +388,9 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
             raise RuntimeError(f"processes ended with different LoRA weights: {replicas}")
     validate(accelerator, pipe, config, run_dir, step, parked)
     accelerator.wait_for_everyone()
+    if keep_pipeline:
+        for module in parked:
+            module.to(accelerator.device)
     losses = [float(r["loss"]) for r in csv.DictReader(log_path.open())] if accelerator.is_main_process else []
     return TrainResult(run_dir, run_dir / WEIGHT_NAMES[expert], losses, pipe if keep_pipeline else None)
 
@@ -354,7 +398,8 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
 def _digest(params) -> str:
     digest = hashlib.sha256()
     for p in params:
-        digest.update(p.detach().float().cpu().numpy().tobytes())
+        full = p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2 shards are DTensors
+        digest.update(full.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -380,8 +425,11 @@ def park_idle_modules(pipe, trained, device) -> list:
 
 
 def validate(accelerator, pipe, config: TrainConfig, run_dir: Path, step: int, parked: list = ()) -> None:
-    """A video from the first training example's composite, with the settings of final inference."""
-    if not accelerator.is_main_process:
+    """A video from the first training example's composite, with the settings of final inference. Under FSDP
+    every process runs the denoising (each step gathers the sharded weights); the main process saves it."""
+    from accelerate.utils import DistributedType
+
+    if not accelerator.is_main_process and accelerator.distributed_type != DistributedType.FSDP:
         return
     from .generate import generate
 
@@ -393,7 +441,8 @@ def validate(accelerator, pipe, config: TrainConfig, run_dir: Path, step: int, p
     video = generate(pipe, dataset.composite(example), example.caption, height=config.height, width=config.width,
                      num_frames=clip_frames(config), num_inference_steps=config.validation_inference_steps,
                      boundary_ratio=config.boundary_ratio, flow_shift=config.flow_shift, progress=False)
-    video.save(run_dir / "validation" / f"step-{step:06d}")
+    if accelerator.is_main_process:
+        video.save(run_dir / "validation" / f"step-{step:06d}")
     for module in parked:
         module.to("cpu")
     if parked:

@@ -197,3 +197,23 @@ def test_a_trained_lora_exports_to_comfyui_and_loads_back(tmp_path, cutout, plat
     kwargs = dict(num_inference_steps=2, progress=False)
     assert np.abs(generate(fresh, comp, "x", **kwargs).frames.astype(int)
                   - generate(result.pipe, comp, "x", **kwargs).frames.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("name, size", [("tiny-wan2.2-i2v", (64, 112)), ("tiny-wan2.2-ti2v", (64, 128))])
+def test_memory_benchmark_feeds_the_shapes_encode_clip_makes(tmp_path, tiny_pipe, name, size):
+    """benchmarks/train_memory.py measures the configs' GPU memory on random inputs: they must be shaped like
+    the real cache, and its step must be the trainer's."""
+    from benchmarks.train_memory import cached_item, measure
+
+    from ffstudy.data import FewShotDataset, encode_clip
+
+    pipe = tiny_pipe(name)
+    dataset = FewShotDataset.load(make_dataset(tmp_path / "ds", n=1, size=size))
+    encoded = encode_clip(pipe, dataset.training_clip(dataset.examples[0], *size, 13), 512)
+    synthetic = cached_item(pipe.transformer, name, *size, 13, 512)
+    assert {k: v.shape for k, v in synthetic.items()} == {k: v.shape for k, v in encoded.items()}
+    cfg = config(tmp_path, model=name, height=size[0], width=size[1], clip_length=13, gradient_checkpointing=True)
+    result = measure(cfg, name, "cpu", batch_size=2, steps=1)
+    assert result["fits"] and len(result["losses"]) == 2 and np.isfinite(result["losses"]).all()
+    assert result["tokens_per_clip"] == 4 * (size[0] // 16) * (size[1] // 16) // (4 if "ti2v" in name else 1)
+    assert result["lora_params"] > 0 and result["base_params"] == sum(p.numel() for p in pipe.transformer.parameters())
