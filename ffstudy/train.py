@@ -303,8 +303,8 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
         if module is not None:
             module.requires_grad_(False)
     transformer = pipe.transformer_2 if expert == "low" else pipe.transformer
-    params = add_ffgo_lora(transformer, config)
     expected = target_module_count(transformer, config.target_modules)
+    params = add_ffgo_lora(transformer, config)
     if config.gradient_checkpointing:
         fsdp = getattr(accelerator.state, "fsdp_plugin", None)
         if fsdp is not None:  # FSDP checkpoints inside each sharded block; diffusers' own fails under FSDP2
