@@ -303,8 +303,7 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
         if module is not None:
             module.requires_grad_(False)
     transformer = pipe.transformer_2 if expert == "low" else pipe.transformer
-    expected = target_module_count(transformer, config.target_modules)
-    params = add_ffgo_lora(transformer, config)
+    params = add_ffgo_lora(transformer, config)  # checks it wrapped every target module
     if config.gradient_checkpointing:
         fsdp = getattr(accelerator.state, "fsdp_plugin", None)
         if fsdp is not None:  # FSDP checkpoints inside each sharded block; diffusers' own fails under FSDP2
@@ -334,7 +333,7 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
             _trim_log(log_path, step)
         elif log_path.exists():
             log_path.unlink()
-    accelerator.print(f"training the {expert} expert: {len(params)} LoRA tensors on {expected} modules, "
+    accelerator.print(f"training the {expert} expert: {len(params)} LoRA tensors on {len(params) // 2} modules, "
                       f"timestep indices [{lo}, {hi}), {len(encoded)} clips, {accelerator.num_processes} process(es)")
 
     # 4. the loop
