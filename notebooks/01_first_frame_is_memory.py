@@ -81,7 +81,7 @@ print("every first-frame sprite still there in the last frame:", entity_persiste
 course.show_videos({"ground truth": clip.frames, "generated": video.frames})
 
 # %% [markdown]
-# A word on this model before reading its attention. SpriteWorld I2V is small and was trained on a CPU in 69
+# A word on this model before reading its attention. SpriteWorld I2V is small and was trained on a CPU in 67
 # minutes, and its weakest part is the VAE. Send this very clip through it and back, and compare the sprites' pixels
 # with the scene's (ground-truth masks tell them apart):
 
@@ -108,7 +108,7 @@ print("colours within the identification tolerance after the VAE:",
 # %% [markdown]
 # Every sprite colour comes back within the tolerance the metrics use, so the check above can find each sprite by
 # its ground-truth colour. But the sprites' sharp edges come back blurred — their pixels score well below the
-# scene's — and of the 40 held-out clips of the model card, the check passes on 39 real clips but on only 26 of
+# scene's — and of the 40 held-out clips of the model card, the check passes on 39 real clips but on only 21 of
 # their plain VAE round trips. So the persistence check measures this VAE as well as the transformer. The probe
 # looks at attention rather than pixels, and is not affected by any of this.
 
@@ -172,7 +172,7 @@ for name, c in (("no cut", clip), ("with a cut", cut_clip)):
 # %% [markdown]
 # Read the two criteria side by side. By **total mass** a sprite almost never wins: every later token spreads much
 # of its first-frame attention over the background, which is most of frame 0. **Per token of area** the picture
-# flips: in every block, tokens on a sprite read *their own* sprite more often than chance (here 1.5 to 2.8 times),
+# flips: in every block, tokens on a sprite read *their own* sprite more often than chance (here 1.2 to 3 times),
 # and they still do after the cut, when the sprite has jumped somewhere else in a new scene — the only place the
 # model can have found it is frame 0. This is the memory FFGo builds on.
 

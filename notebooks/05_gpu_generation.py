@@ -62,7 +62,7 @@ print("device:", device, "| backbone:", BACKBONE)
 # ## The backbone and the LoRA
 #
 # SpriteWorld's FFGo LoRA ships in `data/models/spriteworld-ffgo-lora` (chapter 4's config with its entity-weighted
-# loss, 600 steps on 50 examples). For Wan2.2-I2V-A14B, the official FFGo checkpoints are kohya-style files from VideoX-Fun;
+# loss, 1,200 steps on 50 examples). For Wan2.2-I2V-A14B, the official FFGo checkpoints are kohya-style files from VideoX-Fun;
 # `load_ffgo_lora` converts their keys on load, folds alpha/rank, checks all 401 modules are there, and — careful —
 # puts the **High** file into diffusers' `transformer` and the **Low** file into `transformer_2` (VideoX-Fun names
 # the experts the other way round).

@@ -1,5 +1,6 @@
 """The shipped SpriteWorld model: present, small, loads offline, generates on the CPU with real behaviour."""
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +18,20 @@ def test_the_model_folder_is_complete_and_small():
     card = (SPRITEWORLD_DIR / "README.md").read_text()
     evaluation = json.loads((SPRITEWORLD_DIR / "evaluation.json").read_text())
     assert f"{evaluation['vae_psnr_db']:.2f} dB" in card  # the card reports what was measured
+
+
+def test_the_shipped_model_was_trained_by_the_documented_recipe():
+    """The card's command reproduces the weights only if the recipe in the repo is the one they were trained with:
+    the shipped training.json must name the pretraining config file's values and the default world."""
+    from dataclasses import asdict
+
+    from ffstudy.spriteworld.pretrain import PretrainConfig
+    from ffstudy.spriteworld.world import WorldConfig
+
+    training = json.loads((SPRITEWORLD_DIR / "training.json").read_text())
+    recipe = PretrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / "spriteworld-pretrain.yaml")
+    assert training["config"] == asdict(recipe)
+    assert training["world"] == json.loads(json.dumps(asdict(WorldConfig())))  # tuples are lists in JSON
 
 
 def test_loads_offline_and_generates_on_cpu_deterministically():
@@ -79,6 +94,8 @@ def test_the_miniature_experiment_runs_end_to_end_and_ships_a_loadable_lora(tmp_
     assert f"`entity_loss_weight: {results['entity_loss_weight']:g}`" in card and "FFGo's plain loss" in card
     check = render_check(results)  # the same run, read as a check on untouched composites
     assert "--first-heldout 3000040 --heldout 1" in check and "| plain loss | 2 |" in check
+    assert "--compare-plain" in check and "Goals, measured here: N = 0 retention ≤ 30%" in check
+    assert "| no LoRA | 0 |" in render_check(json.loads(json.dumps(results)))  # keys are strings once saved
     shipped = ship_lora(results, tmp_path, 2, tmp_path / "shipped")
     assert "**2** SpriteWorld composite" in (shipped / "README.md").read_text()
     weighted, plain = (tmp_path / f"lora-2-w{w:g}" / "main" / "pytorch_lora_weights.safetensors"

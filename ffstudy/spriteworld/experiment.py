@@ -51,7 +51,7 @@ def measure(video, clip, composite_image) -> dict:
             "clean": in_scene(video.frames[0])}
 
 
-def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int = 600, inference_steps: int = 20,
+def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int = 1200, inference_steps: int = 20,
         base: TrainConfig | None = None, world: WorldConfig = WorldConfig(), compare_plain: bool = False,
         first_heldout: int = HELDOUT_SEED0) -> dict:
     out = Path(out)
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--heldout", type=int, default=40)
     parser.add_argument("--first-heldout", type=int, default=HELDOUT_SEED0,
                         help="seed of the first held-out composite (another range checks a tuned setting afresh)")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--results", default="data/models/spriteworld-i2v/experiment.json")
     parser.add_argument("--ship-lora", type=int, metavar="N",
                         help="also copy the LoRA trained on N examples to --lora-dir, with its card")
