@@ -107,9 +107,9 @@ plt.show()
 # What the numbers say for SpriteWorld: the object slot hardly moves. The LoRA does not make later frames read
 # the cut-outs harder (if anything, slightly less), even though its loss weighed the sprites 20×. What changes is
 # the **white** slot: with the LoRA, latent frames 2–4 read a quarter to a third less of the white canvas than the
-# base model does, while at the transition frame both read about the same. The LoRA seems to teach *leaving* the collage rather than *reading* its
-# objects, which the base model already does (chapter 1). The few-shot curves below measure what that does to the
-# sprites.
+# base model does, while at the transition frame both read about the same. The LoRA seems to teach *leaving* the
+# collage rather than *reading* its objects, which the base model already does (chapter 1). The few-shot curves
+# below measure what that does to the sprites.
 # One small model and four composites are not evidence about Wan2.2 — exercise 3 asks what would be.
 
 # %% [markdown]
@@ -142,11 +142,12 @@ models = data_dir() / "models/spriteworld-i2v"
 experiment = json.loads((models / "experiment.json").read_text())
 check = json.loads((models / "experiment-check.json").read_text())
 weight = f"entity-weighted loss ({experiment['entity_loss_weight']:g})"
-curves = {f"{weight}, tuning composites": experiment["runs"]}
-if "plain_loss_runs" in experiment:
-    curves["FFGo's plain loss, tuning composites"] = {"0": experiment["runs"]["0"], **experiment["plain_loss_runs"]}
-curves[f"{weight}, untouched composites"] = check["runs"]
-curves["FFGo's plain loss, untouched composites"] = {"0": check["runs"]["0"], **check["plain_loss_runs"]}
+curves = {}
+for composites, results in (("tuning", experiment), ("untouched", check)):
+    curves[f"{weight}, {composites} composites"] = results["runs"]
+    if "plain_loss_runs" in results:  # the plain-loss LoRAs share the N = 0 baseline (no LoRA)
+        plain = {"0": results["runs"]["0"], **results["plain_loss_runs"]}
+        curves[f"FFGo's plain loss, {composites} composites"] = plain
 for name, runs in curves.items():
     print(name)
     for n in sorted(int(k) for k in runs):
@@ -183,9 +184,9 @@ plt.show()
 # Three cautions. The curve is not monotonic (N = 10 is below N = 5 for both losses): each point is one LoRA and 40
 # composites, steps of 2.5 %. The 1,200 steps were chosen on the N = 50 LoRA against these same composites; on the 80
 # untouched composites of the model card's check, the N = 50 LoRAs keep every sprite in 46.25 % (weighted) and
-# 28.75 % (plain) of composites, against 12.5 % without a LoRA: the gain holds, the 62.5 % does not. And the transitions
-# are the weak part: in half the weighted N = 50 videos the first kept frame still shows the collage — the LoRA
-# learnt to cut, but later than the four frames FFGo drops (exercise 6).
+# 28.75 % (plain) of composites, against 12.5 % without a LoRA: the gain holds, the 62.5 % does not. And the
+# transitions are the weak part: in half the weighted N = 50 videos the first kept frame still shows the collage —
+# the LoRA learnt to cut, but later than the four frames FFGo drops (exercise 6).
 
 # %% [markdown]
 # ## Exercises

@@ -51,11 +51,12 @@ def measure(video, clip, composite_image) -> dict:
             "clean": in_scene(video.frames[0])}
 
 
-def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int = 1200, inference_steps: int = 20,
-        base: TrainConfig | None = None, world: WorldConfig = WorldConfig(), compare_plain: bool = False,
-        first_heldout: int = HELDOUT_SEED0) -> dict:
+def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int | None = None,
+        inference_steps: int = 20, base: TrainConfig | None = None, world: WorldConfig = WorldConfig(),
+        compare_plain: bool = False, first_heldout: int = HELDOUT_SEED0) -> dict:
     out = Path(out)
     base = base or TrainConfig.from_file(Path(__file__).resolve().parents[2] / "configs" / "spriteworld-cpu.yaml")
+    steps = steps or base.max_steps  # the course config's step count unless a run asks for another
     results = {"sizes": list(sizes), "heldout_seeds": [first_heldout, first_heldout + heldout - 1],
                "fewshot_seeds_start": FEWSHOT_SEED0, "steps": steps, "inference_steps": inference_steps,
                "entity_loss_weight": base.entity_loss_weight, "runs": {}}
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     parser.add_argument("--heldout", type=int, default=40)
     parser.add_argument("--first-heldout", type=int, default=HELDOUT_SEED0,
                         help="seed of the first held-out composite (another range checks a tuned setting afresh)")
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, help="LoRA steps (default: max_steps of configs/spriteworld-cpu.yaml)")
     parser.add_argument("--results", default="data/models/spriteworld-i2v/experiment.json")
     parser.add_argument("--ship-lora", type=int, metavar="N",
                         help="also copy the LoRA trained on N examples to --lora-dir, with its card")
