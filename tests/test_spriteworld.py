@@ -206,6 +206,21 @@ def test_weighted_flow_loss():
     assert torch.isclose(masked_velocity_loss(prediction, target, 50.0, weight=weight), plain * 5 / (8 / 4))
 
 
+def test_reconstruction_loss_weights_sprite_pixels():
+    from ffstudy.spriteworld.pretrain import reconstruction_loss
+
+    target = torch.zeros(1, 3, 1, 2, 2)
+    recon = target.clone()
+    recon[..., 0, 0] = 0.5  # one wrong pixel: |e| + e² = 0.75 in each of 3 channels, over 12 values
+    assert torch.isclose(reconstruction_loss(recon, target), torch.tensor(0.75 / 4))
+    sprite = torch.ones(1, 1, 1, 2, 2)
+    assert torch.isclose(reconstruction_loss(recon, target, sprite), reconstruction_loss(recon, target))
+    sprite[..., 0, 0] = 5.0  # the wrong pixel is a sprite's: its error counts 5 times
+    assert torch.isclose(reconstruction_loss(recon, target, sprite), torch.tensor(5 * 0.75 / 4))
+    sprite[..., 0, 0], sprite[..., 1, 1] = 1.0, 5.0  # a sprite elsewhere leaves this error as it was
+    assert torch.isclose(reconstruction_loss(recon, target, sprite), reconstruction_loss(recon, target))
+
+
 def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     """Pretrain → save → load offline by name → evaluate → model card that quotes the measurements."""
     import json
@@ -216,7 +231,8 @@ def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
 
     config = PretrainConfig(threads=1, vae_base_dim=8, vae_steps=2, vae_batch=1, layers=1, heads=2, head_dim=8,
                             ffn_dim=16, train_clips=3, transformer_steps=2, transformer_batch=2, decoder_steps=2,
-                            decoder_batch=1, decoder_clips=2, transformer_sprite_weight=3.0)
+                            decoder_batch=1, decoder_clips=2, transformer_sprite_weight=3.0,
+                            decoder_sprite_weight=2.0)
     (tmp_path / "sw").mkdir()
     (tmp_path / "sw" / "README.md").write_text("the card of earlier weights")
     folder = pretrain(config, tmp_path / "sw")
@@ -231,7 +247,8 @@ def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     evaluation = json.loads((folder / "evaluation.json").read_text())
     text = (folder / "README.md").read_text()
     assert f"{evaluation['vae_psnr_db']:.2f} dB" in text and "most mass per token" in text
-    assert "a sprite touches weighted 4×" in text  # the card names the recipe's loss
+    assert "a sprite touches weighted 4×" in text  # the card names the recipe's losses
+    assert "sprite pixels weighted 3× in its L1 + L2 loss" in text
     assert f"{evaluation['vae_psnr_sprites_db']:.2f} dB / {evaluation['vae_psnr_scene_db']:.2f} dB" in text
     assert set(evaluation["vae_palette"]) == set(COLOURS) and "| red | (225, 35, 35) |" in text
     gen = evaluation["generation"]

@@ -35,6 +35,8 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
     token_weight = (f"its clipped squared error (`masked_velocity_loss`) with each latent cell a sprite touches "
                     f"weighted {1 + cfg['transformer_sprite_weight']:g}×" if cfg.get("transformer_sprite_weight")
                     else "`masked_velocity_loss`")
+    decoder_weight = (f", sprite pixels weighted {1 + cfg['decoder_sprite_weight']:g}× in its L1 + L2 loss"
+                      if cfg.get("decoder_sprite_weight") else "")
     return f"""# SpriteWorld I2V
 
 A small image-to-video model of the **Wan I2V architecture** (diffusers `AutoencoderKLWan` +
@@ -67,7 +69,7 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
   LoRA trainer's `sample_flow_inputs` and {token_weight}, uniform timestep indices on the
   shift-{cfg['flow_shift']:g} schedule, AdamW with one-cycle lr {cfg['transformer_lr']:g}), then the decoder
   fine-tuned on whole 17-frame clips {t['decoder_seconds'] / 60:.1f} min ({cfg['decoder_steps']} steps of
-  {cfg['decoder_batch']} latent crops of {cfg['decoder_crop']}², encoder frozen so the transformer's
+  {cfg['decoder_batch']} latent crops of {cfg['decoder_crop']}²{decoder_weight}, encoder frozen so the transformer's
   latents do not change; the VAE stage only ever sees 5-frame windows).
 - Data: SpriteWorld seeds {10_000}–{10_000 + cfg['train_clips'] - 1}, rendered once (VAE crops and transformer
   latents both come from them); {world['cut_probability']:.0%} of clips cut hard to a new scene in which the same

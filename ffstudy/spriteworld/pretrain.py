@@ -4,7 +4,7 @@ The model is the Wan I2V architecture in miniature — ``AutoencoderKLWan`` (4×
 ``WanTransformer3DModel`` with 36 input channels (16 noisy + 4 mask + 16 first-frame latents), a small frozen
 UMT5 text encoder with an offline BPE tokenizer — saved as a diffusers ``WanImageToVideoPipeline`` folder.
 The transformer is trained with the same flow-matching inputs as the FFGo LoRA (``ffstudy.train``), on plain
-image-to-video clips (a quarter of them with a hard scene cut), with the loss on the latent cells a sprite covers
+image-to-video clips (a tenth of them with a hard scene cut), with the loss on the latent cells a sprite covers
 weighted up: sprites are few cells, and persistence needs the transformer to carry them.
 
     ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out data/models/spriteworld-i2v
@@ -45,6 +45,7 @@ class PretrainConfig:
     decoder_clips: int = 100
     decoder_crop: int = 6  # latent pixels (48 image pixels), all 17 frames
     decoder_lr: float = 3e-4
+    decoder_sprite_weight: float = 0.0  # extra loss weight on sprite pixels: they are what persistence measures
     # transformer
     layers: int = 6
     heads: int = 4
@@ -118,9 +119,11 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(frames, 2)
 
 
-def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 + L2 on [-1, 1] pixels: the VAE and decoder stages' objective."""
-    return (recon - target).abs().mean() + (recon - target).pow(2).mean()  # L1 + L2
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """L1 + L2 on [-1, 1] pixels: the VAE and decoder stages' objective; ``weight`` (broadcast over pixels)
+    rescales each pixel's share."""
+    error = (recon - target).abs() + (recon - target).pow(2)
+    return error.mean() if weight is None else (weight * error).mean()
 
 
 def random_windows(clips: list, rng: np.random.Generator, count: int, frames: int, size: int) -> torch.Tensor:
@@ -170,15 +173,18 @@ def finetune_decoder(vae, clips: list, config: PretrainConfig, log: list) -> Non
     rng, c, f = np.random.default_rng(config.seed + 2), config.decoder_crop, vae.spatial_compression_ratio
     vae.decoder.train()
     for step in tqdm(range(config.decoder_steps), desc="SpriteWorld decoder"):
-        zs, targets = [], []
+        zs, targets, sprites = [], [], []
         for _ in range(config.decoder_batch):
             i = int(rng.integers(0, len(latents)))
             y, x = (int(rng.integers(0, n - c + 1)) for n in latents[i].shape[-2:])
             zs.append(latents[i][0, :, :, y:y + c, x:x + c])
-            targets.append(video_tensor(clips[i].frames[:, y * f:(y + c) * f, x * f:(x + c) * f]))
+            window = np.s_[:, y * f:(y + c) * f, x * f:(x + c) * f]
+            targets.append(video_tensor(clips[i].frames[window]))
+            sprites.append(torch.from_numpy(clips[i].masks[window] > 0))
         z, target = torch.stack(zs), torch.stack(targets)
+        weight = 1.0 + config.decoder_sprite_weight * torch.stack(sprites)[:, None].float()  # (B, 1, T, H, W)
         recon = decode_unclamped(vae, z)
-        loss = reconstruction_loss(recon, target)
+        loss = reconstruction_loss(recon, target, weight if config.decoder_sprite_weight else None)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
