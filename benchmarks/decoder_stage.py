@@ -25,22 +25,19 @@ from safetensors.torch import load_file
 from ffstudy.models import get_backbone, load_pipeline
 from ffstudy.spriteworld.evaluate import generation_metrics, vae_psnr
 from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, finetune_decoder,
-                                          set_latent_statistics, train_vae, training_clips)
+                                          training_clips, vae_stage)
 from ffstudy.spriteworld.world import WorldConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def vae_stage(config: PretrainConfig, cache: Path):
+def cached_vae_stage(config: PretrainConfig, cache: Path):
     """The VAE as ``pretrain`` leaves it before the decoder stage, trained once and cached."""
     from diffusers import AutoencoderKLWan
 
     if not (cache / "config.json").exists():
         pipe = build_untrained(config)  # same seed and construction order as pretrain: same initial weights
-        clips = training_clips(config, WorldConfig())
-        train_vae(pipe.vae, clips, config, [])
-        pipe.vae.requires_grad_(False)
-        set_latent_statistics(pipe.vae, clips[:64])
+        vae_stage(pipe.vae, training_clips(config, WorldConfig()), config, [])
         pipe.vae.save_pretrained(cache, safe_serialization=True)
     vae = AutoencoderKLWan.from_pretrained(cache)
     vae.requires_grad_(False)
@@ -57,7 +54,7 @@ def main() -> None:
     config = dataclasses.replace(PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml"),
                                  **json.loads(args.overrides))
     torch.set_num_threads(config.threads)
-    vae = vae_stage(config, Path(args.cache))
+    vae = cached_vae_stage(config, Path(args.cache))
     shipped = load_file(Path(get_backbone("spriteworld").local_dir) / "vae/diffusion_pytorch_model.safetensors")
     encoder = {k: v for k, v in vae.state_dict().items() if not k.startswith(("decoder.", "post_quant_conv."))}
     if not all(torch.equal(v, shipped[k]) for k, v in encoder.items()):

@@ -159,6 +159,13 @@ def train_vae(vae, clips: list, config: PretrainConfig, log: list) -> None:
     vae.eval()
 
 
+def vae_stage(vae, clips: list, config: PretrainConfig, log: list) -> None:
+    """Train the VAE, freeze it and measure its latent statistics: everything before the transformer's latents."""
+    train_vae(vae, clips, config, log)
+    vae.requires_grad_(False)
+    set_latent_statistics(vae, clips[:64])
+
+
 def finetune_decoder(vae, clips: list, config: PretrainConfig, log: list) -> None:
     """Fine-tune the decoder on whole clips: the VAE stage sees 5-frame windows, so the causal cache of later
     chunks is never trained there and reconstructions degrade after frame 4. The encoder stays frozen."""
@@ -183,8 +190,7 @@ def finetune_decoder(vae, clips: list, config: PretrainConfig, log: list) -> Non
             sprites.append(torch.from_numpy(clips[i].masks[window] > 0))
         z, target = torch.stack(zs), torch.stack(targets)
         weight = 1.0 + config.decoder_sprite_weight * torch.stack(sprites)[:, None].float()  # (B, 1, T, H, W)
-        recon = decode_unclamped(vae, z)
-        loss = reconstruction_loss(recon, target, weight if config.decoder_sprite_weight else None)
+        loss = reconstruction_loss(decode_unclamped(vae, z), target, weight)  # weight 0: all ones, the plain loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -251,9 +257,7 @@ def pretrain(config: PretrainConfig, out: str | Path, world: WorldConfig = World
         clips = training_clips(config, world)
         timings["render_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
-        train_vae(pipe.vae, clips, config, log)
-        pipe.vae.requires_grad_(False)
-        set_latent_statistics(pipe.vae, clips[:64])
+        vae_stage(pipe.vae, clips, config, log)
         timings["vae_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         encoded = encode_training_set(pipe, clips, config)
