@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ffstudy.io import write_json
 from ffstudy.models import get_backbone, load_pipeline
 from ffstudy.spriteworld.evaluate import generation_metrics, vae_psnr
 from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, finetune_decoder,
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--cache", default="outputs/benchmarks/spriteworld-vae-stage")
     parser.add_argument("--videos", type=int, default=40)
     parser.add_argument("--save", help="also save the fine-tuned VAE here (a diffusers AutoencoderKLWan folder)")
+    parser.add_argument("--record", help="also write the result and the decoder's per-step log here (JSON)")
     args = parser.parse_args()
     config = dataclasses.replace(PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml"),
                                  **json.loads(args.overrides))
@@ -73,6 +75,8 @@ def main() -> None:
               "decoder_final_loss": float(np.mean([r["loss"] for r in log][-50:])),
               "vae_psnr_db": vae_psnr(pipe, seeds[:20]), "generation": generation_metrics(pipe, seeds)}
     print(json.dumps(result, indent=1))
+    if args.record:
+        write_json(args.record, {**result, "log": log})
 
 
 if __name__ == "__main__":

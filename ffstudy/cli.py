@@ -74,7 +74,9 @@ def _add_generate_args(parser: argparse.ArgumentParser, default_model: str | Non
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--steps", type=int, default=50, help="denoising steps (paper: 50)")
-    parser.add_argument("--guidance", type=float, default=6.0, help="CFG scale for both experts (paper: 6.0)")
+    parser.add_argument("--guidance", type=float,
+                        help="CFG scale for both experts (default: the backbone's: 6.0 for Wan as in the paper, 1.0 "
+                             "for SpriteWorld)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--drop-first-frames", type=int, default=4,
                         help="transition frames to cut (paper: 4 = the VAE's temporal stride)")

@@ -117,10 +117,10 @@ def generate(
     height: int | None = None,
     width: int | None = None,
     num_inference_steps: int = 50,
-    guidance_scale: float = 6.0,
+    guidance_scale: float | None = None,
     guidance_scale_2: float | None = None,
     boundary_ratio: float = 0.9,
-    flow_shift: float = 5.0,
+    flow_shift: float | None = None,
     seed: int = 42,
     drop_first_frames: int = 4,
     max_sequence_length: int | None = None,
@@ -132,7 +132,8 @@ def generate(
 
     ``composite``: a :class:`~ffstudy.compose.Composite`, a PIL image or an image path. ``num_frames``,
     ``height``, ``width`` default to the backbone's native clip (81 frames at 1280×720 for Wan2.2-A14B) at the
-    composite's aspect ratio. ``guidance_scale_2`` (low-noise expert) defaults to ``guidance_scale``;
+    composite's aspect ratio. ``guidance_scale`` and ``flow_shift`` default to the backbone's (FFGo's 6.0 and 5.0
+    for Wan). ``guidance_scale_2`` (low-noise expert) defaults to ``guidance_scale``;
     ``boundary_ratio`` only matters for two-expert backbones. ``trigger=None`` leaves the prompt alone.
     ``max_sequence_length`` defaults to the text length the backbone was trained with (512 for Wan).
     With ``output_dir`` the result is also saved there.
@@ -140,6 +141,8 @@ def generate(
     spec = backbone_of(pipe)
     num_frames = num_frames or (spec.default_frames if spec else 81)
     max_sequence_length = max_sequence_length or (spec.max_sequence_length if spec else 512)
+    guidance_scale = guidance_scale if guidance_scale is not None else (spec.guidance_scale if spec else 6.0)
+    flow_shift = flow_shift if flow_shift is not None else (spec.flow_shift if spec else 5.0)
     if height is None or width is None:
         first = composite.image if isinstance(composite, Composite) else load_image(composite, argument="composite")
         default_h, default_w = spec.default_size if spec else (720, 1280)

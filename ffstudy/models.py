@@ -33,6 +33,8 @@ class BackboneSpec:
     requirements: str = ""
     max_sequence_length: int = 512  # text tokens the transformer was trained with (umT5: 512)
     transformer_config: dict | None = field(default=None, repr=False)  # real checkpoints: for weightless skeletons
+    guidance_scale: float = 6.0  # what generate() samples with unless told: FFGo's CFG and shift for Wan
+    flow_shift: float = 5.0
 
     @property
     def is_tiny(self) -> bool:
@@ -185,7 +187,8 @@ register_backbone(BackboneSpec(
     "videos (one transformer, no image encoder); runs on a laptop CPU with real behaviour",
     default_size=(96, 160), default_frames=17, spatial_factor=16, local_dir=str(SPRITEWORLD_DIR),
     max_sequence_length=128, requirements="the folder data/models/spriteworld-i2v of the ffstudy repository "
-                                          "(rebuild it with `ffstudy spriteworld pretrain`)"))
+                                          "(rebuild it with `ffstudy spriteworld pretrain`)",
+    guidance_scale=1.0))  # measured: CFG 6 washes the sprites' colours out (see its model card)
 
 
 # ----------------------------------------------------------------------------------------------- loading

@@ -81,8 +81,8 @@ print("every first-frame sprite still there in the last frame:", entity_persiste
 course.show_videos({"ground truth": clip.frames, "generated": video.frames})
 
 # %% [markdown]
-# A word on this model before reading its attention. SpriteWorld I2V is small and was trained on a CPU in 67
-# minutes, and its weakest part is the VAE. Send this very clip through it and back, and compare the sprites' pixels
+# A word on this model before reading its attention. SpriteWorld I2V is small and was trained on a 2-core CPU in
+# under an hour and a half, and its weakest part is the VAE. Send this very clip through it and back, and compare the sprites' pixels
 # with the scene's (ground-truth masks tell them apart):
 
 # %%
@@ -107,10 +107,22 @@ print("colours within the identification tolerance after the VAE:",
 
 # %% [markdown]
 # Every sprite colour comes back within the tolerance the metrics use, so the check above can find each sprite by
-# its ground-truth colour. But the sprites' sharp edges come back blurred — their pixels score well below the
-# scene's — and of the 40 held-out clips of the model card, the check passes on 39 real clips but on only 21 of
-# their plain VAE round trips. So the persistence check measures this VAE as well as the transformer. The probe
-# looks at attention rather than pixels, and is not affected by any of this.
+# its ground-truth colour. But the sprites' sharp edges come back blurred: their pixels score well below the
+# scene's. The model card measured what that costs on its 40 held-out clips (`evaluation.json`, beside the weights):
+
+# %%
+import json
+
+from ffstudy.models import SPRITEWORLD_DIR
+
+card = json.loads((SPRITEWORLD_DIR / "evaluation.json").read_text())["generation"]
+print(f"every sprite still identifiable in the last frame: {card['persistence_real_clips']:.1%} of the real clips, "
+      f"{card['persistence_vae_round_trip']:.1%} of their plain VAE round trips, {card['persistence']:.1%} of "
+      f"generated videos (CFG {card['guidance_scale']:g})")
+
+# %% [markdown]
+# So the persistence check measures this VAE as well as the transformer: a generated video cannot keep a sprite the
+# VAE loses. The probe looks at attention rather than pixels, and is not affected by any of this.
 
 # %% [markdown]
 # ## What the probe records

@@ -119,7 +119,8 @@ plt.show()
 # ## The validation video
 #
 # At the end (and every `validation_every` steps) the trainer renders the first training example with the settings
-# of final inference: 20 steps, CFG 6, trigger, first four frames dropped.
+# of final inference: 20 steps, the backbone's CFG (6 for Wan; 1, no CFG, for SpriteWorld), trigger, first four
+# frames dropped.
 
 # %%
 # NBVAL_IGNORE_OUTPUT

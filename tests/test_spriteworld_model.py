@@ -44,6 +44,9 @@ def test_loads_offline_and_generates_on_cpu_deterministically():
     b = generate(pipe, clip.frames[0], clip.caption, **kwargs)
     assert a.frames.shape == (17, 96, 160, 3) and np.array_equal(a.frames, b.frames)
     assert a.settings["backbone"] == "spriteworld"
+    assert (a.settings["guidance_scale"], a.settings["flow_shift"]) == (1.0, 5.0)  # the backbone's sampler
+    guided = generate(pipe, clip.frames[0], clip.caption, **{**kwargs, "guidance_scale": 6.0})
+    assert guided.settings["guidance_scale"] == 6.0 and not np.array_equal(a.frames, guided.frames)
 
 
 def test_the_pretrained_model_reads_each_sprite_from_the_first_frame():
@@ -105,6 +108,36 @@ def test_the_miniature_experiment_runs_end_to_end_and_ships_a_loadable_lora(tmp_
     pipe = load_pipeline("spriteworld")
     load_lora(pipe, shipped, "main")
     assert pipe.get_active_adapters() == ["ffgo"]
+
+
+def test_the_experiment_resumes_with_its_finished_loras_and_their_training_times(tmp_path):
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    from ffstudy.spriteworld.card import render_experiment
+    from ffstudy.spriteworld.experiment import run
+
+    settings = dict(sizes=(2,), heldout=1, steps=2, inference_steps=2, first_heldout=3_000_040)
+    first = json.loads(json.dumps(run(tmp_path, **settings)))  # as read back from the results file
+    lora = tmp_path / f"lora-2-w{first['entity_loss_weight']:g}" / "main" / "pytorch_lora_weights.safetensors"
+    trained = load_file(lora)
+    with pytest.raises(ValueError, match="training time"):
+        run(tmp_path, **settings, resume=True)  # a reused LoRA needs the run that timed it
+    again = run(tmp_path, **settings, resume=True, previous=first)
+    reloaded = load_file(lora)  # the file is written again, its header's module list in set order
+    assert reloaded.keys() == trained.keys() and all(torch.equal(reloaded[k], trained[k]) for k in trained)
+    row = again["runs"][2]
+    assert row["lora_reused"] and row["train_seconds"] == first["runs"]["2"]["train_seconds"]
+    assert {k: row[k] for k in ("retention", "present", "clean")} == \
+        {k: first["runs"]["2"][k] for k in ("retention", "present", "clean")}
+    assert "(`--resume`) reloaded and re-measured them" in render_experiment(again)
+    assert "(`--resume`)" not in render_experiment(first) and "steps and CFG 1," in render_experiment(first)
+    before_cfg_was_recorded = {k: v for k, v in first.items() if k != "guidance_scale"}
+    assert "CFG 6 (results saved before the CFG was recorded)" in render_experiment(before_cfg_was_recorded)
+    changed = r"lora-2-w\S+ holds a LoRA trained with other settings \(checkpoint_every, max_steps\)"
+    with pytest.raises(ValueError, match=changed):
+        run(tmp_path, **{**settings, "steps": 3}, resume=True, previous=first)
 
 
 def test_lora_training_on_the_shipped_model_repeats_in_any_process(tmp_path):

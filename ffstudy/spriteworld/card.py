@@ -17,15 +17,19 @@ def _goal(value, goal, higher=True) -> str:
     return "met" if met else "**missed**"
 
 
+def _share(value) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> str:
     t, e, cfg, world = training["timings"], evaluation, training["config"], training["world"]
     minutes = sum(t.values()) / 60
     probe, dense = e["probe"]["per_block"], e["probe"]["per_block_per_token"]
     best_block, best = max(probe.items(), key=lambda kv: kv[1])
     dense_block, dense_best = max(dense.items(), key=lambda kv: kv[1])
-    gen = e["generation"]
+    gen, cfg6 = e["generation"], e["generation_cfg_6"]
     rows = "\n".join(f"| {b} | {v:.1%} | {dense[b]:.1%} |" for b, v in sorted(probe.items(), key=lambda kv: int(kv[0])))
-    direction = "n/a" if gen["direction_ok"] is None else f"{gen['direction_ok']:.1%}"
+    direction = _share(gen["direction_ok"])
     palette = e["vae_palette"]
     palette_rows = "\n".join(f"| {name} | {tuple(COLOURS[name])} | {tuple(round(v) for v in p['decoded'])} | "
                               f"{p['distance']:.0f} | {'yes' if p['distance'] <= COLOUR_TOLERANCE else 'no'} |"
@@ -35,6 +39,8 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
     token_weight = (f"its clipped squared error (`masked_velocity_loss`) with each latent cell a sprite touches "
                     f"weighted {1 + cfg['transformer_sprite_weight']:g}×" if cfg.get("transformer_sprite_weight")
                     else "`masked_velocity_loss`")
+    separate = (f"\n- The decoder stage of these weights was run on its own, by {training['decoder_stage_run']}."
+                if training.get("decoder_stage_run") else "")
     decoder_weight = (f", sprite pixels weighted {1 + cfg['decoder_sprite_weight']:g}× in its L1 + L2 loss"
                       if cfg.get("decoder_sprite_weight") else "")
     return f"""# SpriteWorld I2V
@@ -76,7 +82,7 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
   sprites reappear. Final losses (mean of the last 50 steps): VAE {training['final_losses']['vae']:.4f},
   transformer {training['final_losses']['transformer']:.4f}, decoder
   {training['final_losses']['decoder']:.4f}.
-- Seeds fixed (`seed: {cfg['seed']}`), so the command reproduces these weights on the same machine and thread count.
+- Seeds fixed (`seed: {cfg['seed']}`), so the command reproduces these weights on the same machine and thread count.{separate}
 
 ## Measured quality (held-out seeds {e['eval_seeds'][0]}–{e['eval_seeds'][1]})
 
@@ -85,13 +91,19 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
 | VAE reconstruction PSNR (20 clips) | {e['vae_psnr_db']:.2f} dB | ≥ 28 dB: {_goal(e['vae_psnr_db'], 28)} |
 | the same, sprite pixels only / scene pixels only | {e['vae_psnr_sprites_db']:.2f} dB / {e['vae_psnr_scene_db']:.2f} dB | |
 | sprite colours that survive the VAE (within the identification tolerance) | {kept} of {len(palette)} | |
-| entity persistence: every first-frame sprite identifiable in the last frame ({gen['videos']} generated videos, 20 steps) | {gen['persistence']:.1%} | ≥ 90%: {_goal(gen['persistence'], 0.9)} |
-| the same on the real clips / on their plain VAE round trips (the most this VAE allows) | {gen['persistence_real_clips']:.1%} / {gen['persistence_vae_round_trip']:.1%} | |
+| entity persistence: every first-frame sprite identifiable in the last frame ({gen['videos']} generated videos, 20 steps, CFG {gen['guidance_scale']:g}, shift {gen['flow_shift']:g}) | {gen['persistence']:.1%} | ≥ 90%: {_goal(gen['persistence'], 0.9)} |
+| the same on the real clips / on their plain VAE round trips (what the VAE alone keeps; not a bound: generated latents can decode cleaner) | {gen['persistence_real_clips']:.1%} / {gen['persistence_vae_round_trip']:.1%} | |
 | motion: sprites whose colour centroid moves > 1 px, first to last frame | {gen['moved']:.1%} | stated share |
 | motion: drifting sprites ({gen['drifting_sprites']}) moving the way the caption says | {direction} | stated share |
+| persistence / moved / right direction when sampled with FFGo's CFG {cfg6['guidance_scale']:g} (Wan's setting) | {cfg6['persistence']:.1%} / {cfg6['moved']:.1%} / {_share(cfg6['direction_ok'])} | |
 | probe entity-retrieval accuracy, best block ({best_block}): most attention mass | {best:.1%} | ≥ 80%: {_goal(best, 0.8)} (chance {e['probe']['chance']:.1%}) |
 | the same, per token of entity area, best block ({dense_block}) | {dense_best:.1%} | (chance {e['probe']['chance']:.1%}) |
-| one 17-frame video, 20 steps, CPU ({e['threads']} threads) | {e['seconds_per_video_20_steps']:.2f} s | ≤ 5 s: {_goal(e['seconds_per_video_20_steps'], 5, higher=False)} |
+| one 17-frame video, 20 steps, CFG {gen['guidance_scale']:g}, CPU ({e['threads']} threads) | {e['seconds_per_video_20_steps']:.2f} s | ≤ 5 s: {_goal(e['seconds_per_video_20_steps'], 5, higher=False)} |
+
+Sampling: `generate` samples this backbone without classifier-free guidance (CFG {gen['guidance_scale']:g}, its
+`BackboneSpec.guidance_scale`). FFGo's CFG {cfg6['guidance_scale']:g} pushes the small model's sprites off their colours: persistence
+{cfg6['persistence']:.1%} instead of {gen['persistence']:.1%} on the same seeds. The sweep that chose it, and its check on other
+seeds, are in `benchmarks/README.md`.
 
 Probe retrieval accuracy per block (teacher-forced: each held-out clip noised to σ ∈ {e['probe']['sigmas']} and
 denoised once with `FirstFrameProbe`; for later-frame tokens whose ground-truth sprite is k, the share whose largest
@@ -146,6 +158,12 @@ def render_experiment(experiment: dict) -> str:
               "| LoRA training time |\n|---|---|---|---|---|---|---|")
     loss = (f"ffstudy's entity-weighted loss (`entity_loss_weight: {weight:g}`: the latent cells a sprite touches "
             f"weigh {1 + weight:g}×)" if weight else "FFGo's plain loss")
+    sampler = (f"CFG {experiment['guidance_scale']:g}" if "guidance_scale" in experiment
+               else "CFG 6 (results saved before the CFG was recorded)")
+    rows = [r for key in ("runs", "plain_loss_runs") for r in experiment.get(key, {}).values()]
+    resumed = (" The LoRAs were trained by an earlier run of the same command; this one (`--resume`) reloaded and "
+               "re-measured them, so the training times are that run's." if any(r.get("lora_reused") for r in rows)
+               else "")
     plain = ""
     if "plain_loss_runs" in experiment:
         plain = f"""
@@ -163,7 +181,8 @@ composite→scene examples (seeds from {experiment['fewshot_seeds_start']}) and 
 `configs/spriteworld-cpu.yaml` for {experiment['steps']} steps; N = 0 is no LoRA, the trigger phrase only. The loss is
 {loss}. Each LoRA generated from {experiment['heldout_seeds'][1] - experiment['heldout_seeds'][0] + 1} held-out
 composites (seeds {experiment['heldout_seeds'][0]}–{experiment['heldout_seeds'][1]}) with {experiment['inference_steps']}
-steps, measured after dropping the 4 transition frames. Training time includes writing and encoding the examples.
+steps and {sampler}, measured after dropping the 4 transition frames. Training time includes writing and encoding
+the examples.{resumed}
 
 {header}
 {experiment_rows(runs)}

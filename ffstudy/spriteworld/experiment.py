@@ -12,10 +12,15 @@ after dropping the transition frames:
 
 The LoRAs train with the config's ``entity_loss_weight`` (ffstudy's entity-weighted loss); with ``compare_plain``
 each N is also trained with FFGo's plain loss, a one-variable comparison on the same examples and seeds.
+
+With ``resume`` the LoRAs already in ``out`` are reused (LoRA training is deterministic, so a finished one is the
+LoRA this run would train): remeasuring after a decoder or sampler change then costs generation only. A LoRA
+stopped part-way continues from its checkpoint, and its training time then counts only this run's part.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -24,8 +29,8 @@ import numpy as np
 from ..compose import compose_first_frame
 from ..generate import fit_first_frame, generate
 from ..lora import load_lora
-from ..models import load_pipeline
-from ..train import TrainConfig, train_expert
+from ..models import get_backbone, load_pipeline
+from ..train import TrainConfig, latest_checkpoint, train_expert
 from .fewshot import FEWSHOT_SEED0, HELDOUT_SEED0, write_fewshot_dataset
 from .metrics import colour_mask, entity_persistence, psnr
 from .world import WorldConfig, generate_clip
@@ -53,12 +58,16 @@ def measure(video, clip, composite_image) -> dict:
 
 def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int | None = None,
         inference_steps: int = 20, base: TrainConfig | None = None, world: WorldConfig = WorldConfig(),
-        compare_plain: bool = False, first_heldout: int = HELDOUT_SEED0) -> dict:
+        compare_plain: bool = False, first_heldout: int = HELDOUT_SEED0, resume: bool = False,
+        previous: dict | None = None) -> dict:
+    """``previous``: the results of the run that trained the LoRAs ``resume`` finds finished; their training
+    times are carried over from it (this run only loads them)."""
     out = Path(out)
     base = base or TrainConfig.from_file(Path(__file__).resolve().parents[2] / "configs" / "spriteworld-cpu.yaml")
     steps = steps or base.max_steps  # the course config's step count unless a run asks for another
     results = {"sizes": list(sizes), "heldout_seeds": [first_heldout, first_heldout + heldout - 1],
                "fewshot_seeds_start": FEWSHOT_SEED0, "steps": steps, "inference_steps": inference_steps,
+               "guidance_scale": get_backbone("spriteworld").guidance_scale,
                "entity_loss_weight": base.entity_loss_weight, "runs": {}}
     clips = [generate_clip(first_heldout + i, world, cut=False) for i in range(heldout)]
     settings = {"runs": base.entity_loss_weight}
@@ -73,15 +82,21 @@ def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int
                 continue  # N = 0 trains nothing: one baseline serves both
             started = time.perf_counter()
             pipe = load_pipeline("spriteworld", device="cpu")
+            reused = False
             if n:
                 config = dataclasses.replace(base, manifest=str(manifest), output_dir=str(lora_dir(out, n, weight)),
                                              max_steps=steps, checkpoint_every=steps, validation_inference_steps=2,
                                              entity_loss_weight=weight)
-                load_lora(pipe, train_expert(config, "main").folder, "main")
+                reused = resume and finished_lora(config)
+                load_lora(pipe, train_expert(config, "main", resume=resume).folder, "main")
             train_seconds = writing_seconds + time.perf_counter() - started
+            if reused:
+                train_seconds = carried_train_seconds(previous, key, n, config.output_dir)
             scores = [measure_clip(pipe, clip, inference_steps, world) for clip in clips]
             row = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
             row.update(train_seconds=train_seconds, total_seconds=writing_seconds + time.perf_counter() - started)
+            if reused:
+                row["lora_reused"] = True  # trained by the run ``previous`` records; total_seconds is this run's
             results.setdefault(key, {})[n] = row
             print(f"N={n}, entity_loss_weight {weight:g}: {row}", flush=True)
     return results
@@ -89,6 +104,31 @@ def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int
 
 def lora_dir(out: str | Path, n: int, weight: float) -> Path:
     return Path(out) / f"lora-{n}-w{weight:g}"
+
+
+def finished_lora(config: TrainConfig) -> bool:
+    """Whether ``config``'s run folder holds its final checkpoint; a folder trained with another config is an
+    error, not something to resume."""
+    run_dir = Path(config.output_dir) / "main"
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return False
+    saved = json.loads((run_dir / "config.json").read_text())
+    wanted = json.loads(json.dumps(dataclasses.asdict(config)))
+    changed = sorted(k for k in wanted.keys() | saved.keys() if saved.get(k) != wanted.get(k))
+    if changed:
+        raise ValueError(f"{run_dir} holds a LoRA trained with other settings ({', '.join(changed)}): remove it "
+                         "or give another --out to train afresh")
+    return json.loads((checkpoint / "state.json").read_text())["step"] >= config.max_steps
+
+
+def carried_train_seconds(previous: dict | None, key: str, n: int, folder: str) -> float:
+    rows = {str(size): row for size, row in (previous or {}).get(key, {}).items()}  # str keys once read from JSON
+    row = rows.get(str(n))
+    if row is None:
+        raise ValueError(f"{folder} holds a finished LoRA but the previous results have no {key}[{n}] row to take "
+                         "its training time from: pass the results file of the run that trained it")
+    return row["train_seconds"]
 
 
 def measure_clip(pipe, clip, inference_steps: int, world: WorldConfig) -> dict:
@@ -127,11 +167,11 @@ pipe = ffstudy.load_pipeline("spriteworld")
 ffstudy.lora.load_lora(pipe, "data/models/spriteworld-ffgo-lora", "main")   # or pipe.load_lora_weights(folder)
 ```
 
-Measured on {results['heldout_seeds'][1] - results['heldout_seeds'][0] + 1} held-out composites (seeds
-{results['heldout_seeds'][0]}–{results['heldout_seeds'][1]}), {results['inference_steps']} steps, first 4 frames dropped:
-entity retention in the scene {run['retention']:.1%}, sprites present anywhere {run['present']:.1%}, final frame is
-the scene {run['final_in_scene']:.1%}, background PSNR {run['background_psnr']:.1f} dB, clean transition
-{run['clean']:.1%}.{baseline}
+Measured on {results['heldout_seeds'][1] - results['heldout_seeds'][0] + 1} held-out composites \
+(seeds {results['heldout_seeds'][0]}–{results['heldout_seeds'][1]}), {results['inference_steps']} steps, \
+CFG {results['guidance_scale']:g}, first 4 frames dropped: entity retention in the scene {run['retention']:.1%}, \
+sprites present anywhere {run['present']:.1%}, final frame is the scene {run['final_in_scene']:.1%}, \
+background PSNR {run['background_psnr']:.1f} dB, clean transition {run['clean']:.1%}.{baseline}
 """
     with atomic_path(destination / "README.md") as tmp:
         tmp.write_text(card)
@@ -156,12 +196,16 @@ def main(argv=None) -> int:
     parser.add_argument("--lora-dir", default="data/models/spriteworld-ffgo-lora")
     parser.add_argument("--compare-plain", action="store_true",
                         help="also train every N with FFGo's plain loss (entity_loss_weight 0) and report both")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the LoRAs already trained in --out (only generation and measurement rerun); "
+                             "their training times are carried over from the existing --results file")
     args = parser.parse_args(argv)
     sizes = [int(v) for v in args.sizes.split(",")]
     if args.ship_lora is not None and (args.ship_lora not in sizes or args.ship_lora == 0):
         parser.error(f"--ship-lora {args.ship_lora}: not a trained size among --sizes {args.sizes} (N = 0 has no LoRA)")
+    previous = json.loads(Path(args.results).read_text()) if args.resume and Path(args.results).exists() else None
     results = run(args.out, sizes, args.heldout, args.steps, compare_plain=args.compare_plain,
-                  first_heldout=args.first_heldout)
+                  first_heldout=args.first_heldout, resume=args.resume, previous=previous)
     write_json(args.results, results)
     if args.ship_lora is not None:
         print(f"shipped {ship_lora(results, args.out, args.ship_lora, args.lora_dir)}")
