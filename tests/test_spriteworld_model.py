@@ -115,7 +115,7 @@ def test_the_experiment_resumes_with_its_finished_loras_and_their_training_times
     import torch
     from safetensors.torch import load_file
 
-    from ffstudy.spriteworld.card import render_experiment
+    from ffstudy.spriteworld.card import render_check, render_experiment
     from ffstudy.spriteworld.experiment import run
 
     settings = dict(sizes=(2,), heldout=1, steps=2, inference_steps=2, first_heldout=3_000_040)
@@ -131,7 +131,8 @@ def test_the_experiment_resumes_with_its_finished_loras_and_their_training_times
     assert row["lora_reused"] and row["train_seconds"] == first["runs"]["2"]["train_seconds"]
     assert {k: row[k] for k in ("retention", "present", "clean")} == \
         {k: first["runs"]["2"][k] for k in ("retention", "present", "clean")}
-    assert "(`--resume`) reloaded and re-measured them" in render_experiment(again)
+    assert "(`--resume`) reloaded and re-measured them" in render_experiment(again) and "(`--resume`)" in \
+        render_check(again)
     assert "(`--resume`)" not in render_experiment(first) and "steps and CFG 1," in render_experiment(first)
     before_cfg_was_recorded = {k: v for k, v in first.items() if k != "guidance_scale"}
     assert "CFG 6 (results saved before the CFG was recorded)" in render_experiment(before_cfg_was_recorded)

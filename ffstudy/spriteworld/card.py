@@ -149,6 +149,17 @@ def retention_goals(runs: dict[int, dict]) -> str:
                      if n in runs)
 
 
+def _sampler(results: dict) -> str:
+    return (f"CFG {results['guidance_scale']:g}" if "guidance_scale" in results
+            else "CFG 6 (results saved before the CFG was recorded)")
+
+
+def _resumed(results: dict) -> str:
+    rows = [r for key in ("runs", "plain_loss_runs") for r in results.get(key, {}).values()]
+    return (" The LoRAs were trained by an earlier run of the same command; this one (`--resume`) reloaded and "
+            "re-measured them." if any(r.get("lora_reused") for r in rows) else "")
+
+
 def render_experiment(experiment: dict) -> str:
     runs = {int(n): r for n, r in experiment["runs"].items()}
     verdict = retention_goals(runs)
@@ -158,12 +169,8 @@ def render_experiment(experiment: dict) -> str:
               "| LoRA training time |\n|---|---|---|---|---|---|---|")
     loss = (f"ffstudy's entity-weighted loss (`entity_loss_weight: {weight:g}`: the latent cells a sprite touches "
             f"weigh {1 + weight:g}×)" if weight else "FFGo's plain loss")
-    sampler = (f"CFG {experiment['guidance_scale']:g}" if "guidance_scale" in experiment
-               else "CFG 6 (results saved before the CFG was recorded)")
-    rows = [r for key in ("runs", "plain_loss_runs") for r in experiment.get(key, {}).values()]
-    resumed = (" The LoRAs were trained by an earlier run of the same command; this one (`--resume`) reloaded and "
-               "re-measured them, so the training times are that run's." if any(r.get("lora_reused") for r in rows)
-               else "")
+    sampler, resumed = _sampler(experiment), _resumed(experiment)
+    resumed += " The training times are that run's." if resumed else ""
     plain = ""
     if "plain_loss_runs" in experiment:
         plain = f"""
@@ -207,7 +214,8 @@ def render_check(check: dict) -> str:
 The loss weight and step count above were chosen against those held-out composites. The same LoRAs (retrained from
 the same seeds: the same weights, tensor for tensor) on {last - first + 1} other composites (seeds {first}–{last}),
 `python -m ffstudy.spriteworld.experiment --sizes {",".join(str(n) for n in check["sizes"])}{plain}
---first-heldout {first} --heldout {last - first + 1} --results data/models/spriteworld-i2v/experiment-check.json`:
+--first-heldout {first} --heldout {last - first + 1} --results data/models/spriteworld-i2v/experiment-check.json`,
+sampled with {_sampler(check)}.{_resumed(check)}
 
 | loss | N | entity retention | final frame is the scene | background PSNR | clean transition |
 |---|---|---|---|---|---|
