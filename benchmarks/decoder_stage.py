@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from ffstudy.io import write_json
 from ffstudy.models import get_backbone, load_pipeline
-from ffstudy.spriteworld.evaluate import generation_metrics, vae_psnr
+from ffstudy.spriteworld.evaluate import generation_metrics, reference_persistence, vae_psnr
 from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, finetune_decoder,
                                           training_clips, vae_stage)
 from ffstudy.spriteworld.world import WorldConfig
@@ -73,7 +73,8 @@ def main() -> None:
     seeds = range(EVAL_SEED0, EVAL_SEED0 + args.videos)
     result = {"overrides": json.loads(args.overrides), "decoder_seconds": round(seconds, 1),
               "decoder_final_loss": float(np.mean([r["loss"] for r in log][-50:])),
-              "vae_psnr_db": vae_psnr(pipe, seeds[:20]), "generation": generation_metrics(pipe, seeds)}
+              "vae_psnr_db": vae_psnr(pipe, seeds[:20]),
+              "generation": {**generation_metrics(pipe, seeds), **reference_persistence(pipe, seeds)}}
     print(json.dumps(result, indent=1))
     if args.record:
         write_json(args.record, {**result, "log": log})

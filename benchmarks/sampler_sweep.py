@@ -2,8 +2,9 @@
 
 For each CFG scale and flow shift: entity persistence, sprites that move, and drifting sprites moving the way the
 caption says, over ``--videos`` held-out clips from ``--first-seed``, exactly as the model card measures them
-(``ffstudy.spriteworld.evaluate.generation_metrics``). The card's seeds start at 1,000,000; a setting chosen on
-them is checked on another range (``--first-seed 1000040``).
+(``ffstudy.spriteworld.evaluate.generation_metrics``), with the real clips' and VAE round trips' persistence,
+measured once, as the reference. The card's seeds start at 1,000,000; a setting chosen on them is checked on
+another range (``--first-seed 1000040``).
 
     .venv/bin/python benchmarks/sampler_sweep.py --settings 6:5 3:5 1:5 1:3
 
@@ -18,7 +19,7 @@ import time
 import torch
 
 from ffstudy.models import load_pipeline
-from ffstudy.spriteworld.evaluate import generation_metrics
+from ffstudy.spriteworld.evaluate import generation_metrics, reference_persistence
 from ffstudy.spriteworld.pretrain import EVAL_SEED0
 
 
@@ -32,7 +33,10 @@ def main() -> None:
     torch.set_num_threads(2)
     pipe = load_pipeline("spriteworld")
     seeds = range(args.first_seed, args.first_seed + args.videos)
-    print(f"seeds {seeds.start}–{seeds.stop - 1}, {args.steps} steps\n")
+    reference = reference_persistence(pipe, seeds)  # the same for every sampler
+    print(f"seeds {seeds.start}–{seeds.stop - 1}, {args.steps} steps; persistence of the real clips "
+          f"{reference['persistence_real_clips']:.1%}, of their VAE round trips "
+          f"{reference['persistence_vae_round_trip']:.1%}\n")
     print("| CFG | shift | persistence | moved | right direction | seconds |\n|---|---|---|---|---|---|")
     for setting in args.settings:
         try:
