@@ -221,6 +221,21 @@ def test_reconstruction_loss_weights_sprite_pixels():
     assert torch.isclose(reconstruction_loss(recon, target, sprite), reconstruction_loss(recon, target))
 
 
+def test_the_transformer_can_see_its_own_share_of_scene_cuts():
+    """``transformer_cut_probability`` re-renders the same seeds with another share of cuts: a clip whose cut draw
+    agrees with the world's renders identically, so only cut clips change, and the VAE stages keep the world's."""
+    from ffstudy.spriteworld.pretrain import PretrainConfig, transformer_world
+
+    world = WorldConfig()
+    assert transformer_world(PretrainConfig(), world) is world
+    own = transformer_world(PretrainConfig(transformer_cut_probability=0.0), world)
+    assert own.cut_probability == 0.0 and own.height == world.height and world.cut_probability == 0.10
+    for seed in (10_000, 10_001):  # training seeds: the first does not cut in the world, the second does
+        in_world, for_transformer = generate_clip(seed, world), generate_clip(seed, own)
+        assert for_transformer.cut_frame is None and (in_world.cut_frame is None) == (seed == 10_000)
+        assert np.array_equal(in_world.frames, for_transformer.frames) == (seed == 10_000)
+
+
 def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     """Pretrain → save → load offline by name → evaluate → model card that quotes the measurements."""
     import json
@@ -232,7 +247,7 @@ def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     config = PretrainConfig(threads=1, vae_base_dim=8, vae_steps=2, vae_batch=1, layers=1, heads=2, head_dim=8,
                             ffn_dim=16, train_clips=3, transformer_steps=2, transformer_batch=2, decoder_steps=2,
                             decoder_batch=1, decoder_clips=2, transformer_sprite_weight=3.0,
-                            decoder_sprite_weight=2.0)
+                            decoder_sprite_weight=2.0, transformer_cut_probability=0.0)
     (tmp_path / "sw").mkdir()
     (tmp_path / "sw" / "README.md").write_text("the card of earlier weights")
     folder = pretrain(config, tmp_path / "sw")
@@ -249,6 +264,7 @@ def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     assert f"{evaluation['vae_psnr_db']:.2f} dB" in text and "most mass per token" in text
     assert "a sprite touches weighted 4×" in text  # the card names the recipe's losses
     assert "sprite pixels weighted 3× in its L1 + L2 loss" in text
+    assert "with probability 10% for the VAE stages and 0% for the transformer" in text
     assert f"{evaluation['vae_psnr_sprites_db']:.2f} dB / {evaluation['vae_psnr_scene_db']:.2f} dB" in text
     assert set(evaluation["vae_palette"]) == set(COLOURS) and "| red | (225, 35, 35) |" in text
     gen = evaluation["generation"]

@@ -39,8 +39,15 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
     token_weight = (f"its clipped squared error (`masked_velocity_loss`) with each latent cell a sprite touches "
                     f"weighted {1 + cfg['transformer_sprite_weight']:g}×" if cfg.get("transformer_sprite_weight")
                     else "`masked_velocity_loss`")
-    separate = (f"\n- The decoder stage of these weights was run on its own, by {training['decoder_stage_run']}."
-                if training.get("decoder_stage_run") else "")
+    separate = "".join(f"\n- The {stage} stage of these weights was run on its own, by {run}."
+                       for stage in ("transformer", "decoder") if (run := training.get(f"{stage}_stage_run")))
+    share = cfg.get("transformer_cut_probability")
+    cuts = (f"{world['cut_probability']:.0%} of clips cut hard to a new scene in which the same sprites reappear"
+            if share is None or share == world["cut_probability"] else
+            f"each clip cuts hard to a new scene in which the same sprites reappear with probability "
+            f"{world['cut_probability']:.0%} for the VAE stages and {share:.0%} for the transformer (the same seeds "
+            f"re-rendered; `transformer_cut_probability` sets how readily the base model cuts on its own, which "
+            f"FFGo's LoRA is there to teach)")
     decoder_weight = (f", sprite pixels weighted {1 + cfg['decoder_sprite_weight']:g}× in its L1 + L2 loss"
                       if cfg.get("decoder_sprite_weight") else "")
     return f"""# SpriteWorld I2V
@@ -68,7 +75,7 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
 ```
 
 - Hardware: the 2-core CPU development machine ({cfg['threads']} threads), no GPU.
-- Time: **{minutes:.1f} min** in total — rendering {t['render_seconds'] / 60:.1f} min, VAE {t['vae_seconds'] / 60:.1f} min ({cfg['vae_steps']} steps of
+- Time: **{minutes:.1f} min** in total — rendering {(t['render_seconds'] + t.get('transformer_render_seconds', 0)) / 60:.1f} min, VAE {t['vae_seconds'] / 60:.1f} min ({cfg['vae_steps']} steps of
   {cfg['vae_batch']} × {cfg['vae_frames']}-frame {cfg['vae_crop']}² crops, posterior mode, L1 + L2 + {cfg['vae_kl_weight']:g}·KL on the unclamped decoder output, lr {cfg['vae_lr']:g}),
   encoding {cfg['train_clips']} clips {t['encode_seconds'] / 60:.1f} min, transformer {t['transformer_seconds'] / 60:.1f} min
   ({cfg['transformer_steps']} steps of batch {cfg['transformer_batch']}, flow matching on cached latents with the FFGo
@@ -77,9 +84,8 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
   fine-tuned on whole 17-frame clips {t['decoder_seconds'] / 60:.1f} min ({cfg['decoder_steps']} steps of
   {cfg['decoder_batch']} latent crops of {cfg['decoder_crop']}²{decoder_weight}, encoder frozen so the transformer's
   latents do not change; the VAE stage only ever sees 5-frame windows).
-- Data: SpriteWorld seeds {10_000}–{10_000 + cfg['train_clips'] - 1}, rendered once (VAE crops and transformer
-  latents both come from them); {world['cut_probability']:.0%} of clips cut hard to a new scene in which the same
-  sprites reappear. Final losses (mean of the last 50 steps): VAE {training['final_losses']['vae']:.4f},
+- Data: SpriteWorld seeds {10_000}–{10_000 + cfg['train_clips'] - 1} (VAE crops and transformer latents both
+  come from them); {cuts}. Final losses (mean of the last 50 steps): VAE {training['final_losses']['vae']:.4f},
   transformer {training['final_losses']['transformer']:.4f}, decoder
   {training['final_losses']['decoder']:.4f}.
 - Seeds fixed (`seed: {cfg['seed']}`), so the command reproduces these weights on the same machine and thread count.{separate}

@@ -4,8 +4,8 @@ The model is the Wan I2V architecture in miniature — ``AutoencoderKLWan`` (4×
 ``WanTransformer3DModel`` with 36 input channels (16 noisy + 4 mask + 16 first-frame latents), a small frozen
 UMT5 text encoder with an offline BPE tokenizer — saved as a diffusers ``WanImageToVideoPipeline`` folder.
 The transformer is trained with the same flow-matching inputs as the FFGo LoRA (``ffstudy.train``), on plain
-image-to-video clips (a tenth of them with a hard scene cut), with the loss on the latent cells a sprite covers
-weighted up: sprites are few cells, and persistence needs the transformer to carry them.
+image-to-video clips (a few with a hard scene cut: ``transformer_cut_probability``), with the loss on the latent
+cells a sprite covers weighted up: sprites are few cells, and persistence needs the transformer to carry them.
 
     ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out data/models/spriteworld-i2v
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,9 @@ class PretrainConfig:
     flow_shift: float = 3.0  # sampling shift for training sigmas (inference uses FFGo's 5)
     max_grad_norm: float = 1.0
     transformer_sprite_weight: float = 4.0  # extra loss weight on the latent cells a sprite covers in their frames
+    # share of the transformer's clips that cut to a new scene (None: the world's). It sets how readily the base
+    # model cuts on its own, which is what FFGo's LoRA has to teach; the VAE stages always see the world's clips
+    transformer_cut_probability: float | None = None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "PretrainConfig":
@@ -104,6 +107,13 @@ def build_untrained(config: PretrainConfig):
 def training_clips(config: PretrainConfig, world: WorldConfig) -> list:
     """The training clips, rendered once: both stages draw from them (rendering costs more than a VAE step)."""
     return [generate_clip(TRAIN_SEED0 + i, world) for i in tqdm(range(config.train_clips), desc="rendering clips")]
+
+
+def transformer_world(config: PretrainConfig, world: WorldConfig) -> WorldConfig:
+    """The world the transformer's clips come from: ``world`` with the config's share of scene cuts, if it sets one.
+    The seeds are the same, so a clip whose cut draw agrees with the VAE's copy renders identically."""
+    share = config.transformer_cut_probability
+    return world if share is None else replace(world, cut_probability=share)
 
 
 def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
@@ -256,11 +266,15 @@ def pretrain(config: PretrainConfig, out: str | Path, world: WorldConfig = World
         start = time.perf_counter()
         clips = training_clips(config, world)
         timings["render_seconds"] = time.perf_counter() - start
+        own_world, start = transformer_world(config, world), time.perf_counter()
+        transformer_clips = clips if own_world == world else training_clips(config, own_world)
+        if own_world != world:
+            timings["transformer_render_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         vae_stage(pipe.vae, clips, config, log)
         timings["vae_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
-        encoded = encode_training_set(pipe, clips, config)
+        encoded = encode_training_set(pipe, transformer_clips, config)
         timings["encode_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         train_transformer(pipe, encoded, config, log)

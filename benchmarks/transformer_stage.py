@@ -1,0 +1,105 @@
+"""Rerun the SpriteWorld transformer stage with other settings, on the shipped VAE, and measure the base model.
+
+The transformer trains on latents from the VAE stage's encoder, and the decoder stage after it leaves the encoder
+frozen, so the shipped VAE encodes exactly what ``pretrain`` feeds the transformer; the transformer starts from the
+same seeded weights (the script checks the text encoder, built just before it, against the shipped one). What it
+measures with the new transformer: persistence and motion on the model card's held-out seeds, and the few-shot
+experiment's N = 0 row (no LoRA, trigger phrase only) on its 40 tuning composites: how often the base model already
+cuts into the scene, which is what FFGo's LoRA has to teach.
+
+    .venv/bin/python benchmarks/transformer_stage.py --overrides '{"transformer_cut_probability": 0.03}'
+
+About 11 min encoding, 28 min training, 4 min measuring (2-core CPU). ``--save`` writes a complete model folder
+(the shipped one with this transformer, its settings, time, loss and log in training.json / training_log.jsonl;
+no model card or evaluation: run ``ffstudy spriteworld evaluate`` on it).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ffstudy.io import atomic_dir, write_json
+from ffstudy.models import get_backbone, load_pipeline
+from ffstudy.spriteworld.evaluate import generation_metrics
+from ffstudy.spriteworld.experiment import measure_clip
+from ffstudy.spriteworld.fewshot import HELDOUT_SEED0
+from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, encode_training_set,
+                                          train_transformer, training_clips, transformer_world)
+from ffstudy.spriteworld.world import WorldConfig, generate_clip
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def save_model(pipe, shipped: Path, out: str, record: dict) -> None:
+    """The shipped model folder with ``pipe``'s transformer and the stage's settings, time, loss and log."""
+    training = json.loads((shipped / "training.json").read_text())
+    training["config"].update(record["overrides"])
+    timings = training["timings"]
+    timings.pop("transformer_render_seconds", None)
+    if record["own_clips"]:  # pretrain renders the transformer's clips apart only if their share of cuts differs
+        timings["transformer_render_seconds"] = record["render_seconds"]
+    timings.update(encode_seconds=record["encode_seconds"], transformer_seconds=record["transformer_seconds"])
+    training["final_losses"]["transformer"] = record["transformer_final_loss"]
+    training["transformer_stage_run"] = (f"benchmarks/transformer_stage.py on {time.strftime('%Y-%m-%d')}: the "
+                                         "shipped VAE's encoder, the recipe's seeds")
+    old_log = [json.loads(line) for line in (shipped / "training_log.jsonl").read_text().splitlines()]
+    log = ([r for r in old_log if r["stage"] == "vae"] + record["log"]  # pretrain's order of stages
+           + [r for r in old_log if r["stage"] == "decoder"])
+    with atomic_dir(out) as staging:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        write_json(staging / "training.json", training)
+        (staging / "training_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--overrides", default="{}", help="PretrainConfig fields to change, as JSON")
+    parser.add_argument("--videos", type=int, default=40, help="held-out card seeds and tuning composites")
+    parser.add_argument("--save", help="also write the model folder here")
+    parser.add_argument("--record", help="also write the result and the transformer's per-step log here (JSON)")
+    args = parser.parse_args()
+    overrides = json.loads(args.overrides)
+    config = dataclasses.replace(PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml"), **overrides)
+    torch.set_num_threads(config.threads)
+    shipped_dir = Path(get_backbone("spriteworld").local_dir)
+    shipped = load_pipeline("spriteworld")
+    pipe = build_untrained(config)  # pretrain's construction order and seed: the transformer's initial weights
+    text_encoder = shipped.text_encoder.state_dict()
+    if not all(torch.equal(v, text_encoder[k]) for k, v in pipe.text_encoder.state_dict().items()):
+        raise SystemExit("the rebuilt text encoder differs from the shipped one: the seeded construction changed")
+    pipe.text_encoder.requires_grad_(False)
+    pipe.vae = shipped.vae
+    pipe.set_progress_bar_config(disable=True)
+    world, started = transformer_world(config, WorldConfig()), time.perf_counter()
+    own_clips = world != WorldConfig()
+    clips = training_clips(config, world)
+    render_seconds, started = time.perf_counter() - started, time.perf_counter()
+    encoded = encode_training_set(pipe, clips, config)
+    encode_seconds, started = time.perf_counter() - started, time.perf_counter()
+    log: list = []
+    train_transformer(pipe, encoded, config, log)
+    record = {"overrides": overrides, "own_clips": own_clips,
+              "transformer_cut_clips": sum(c.cut_frame is not None for c in clips),
+              "render_seconds": round(render_seconds, 1), "encode_seconds": round(encode_seconds, 1),
+              "transformer_seconds": round(time.perf_counter() - started, 1),
+              "transformer_final_loss": float(np.mean([r["loss"] for r in log][-50:]))}
+    shipped.transformer = pipe.transformer
+    if args.save:
+        save_model(shipped, shipped_dir, args.save, {**record, "log": log})
+    composites = [generate_clip(HELDOUT_SEED0 + i, WorldConfig(), cut=False) for i in range(args.videos)]
+    scores = [measure_clip(shipped, clip, 20, WorldConfig()) for clip in composites]
+    record["base_model_on_composites"] = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+    record["generation"] = generation_metrics(shipped, range(EVAL_SEED0, EVAL_SEED0 + args.videos))
+    print(json.dumps(record, indent=1))
+    if args.record:
+        write_json(args.record, {**record, "log": log})
+
+
+if __name__ == "__main__":
+    main()
