@@ -27,7 +27,7 @@ import torch
 from ffstudy.io import atomic_dir, write_json
 from ffstudy.models import get_backbone, load_pipeline
 from ffstudy.spriteworld.evaluate import generation_metrics
-from ffstudy.spriteworld.experiment import measure_clip
+from ffstudy.spriteworld.experiment import mean_scores
 from ffstudy.spriteworld.fewshot import HELDOUT_SEED0
 from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, encode_training_set,
                                           train_transformer, training_clips, transformer_world)
@@ -93,8 +93,7 @@ def main() -> None:
     if args.save:
         save_model(shipped, shipped_dir, args.save, {**record, "log": log})
     composites = [generate_clip(HELDOUT_SEED0 + i, WorldConfig(), cut=False) for i in range(args.videos)]
-    scores = [measure_clip(shipped, clip, 20, WorldConfig()) for clip in composites]
-    record["base_model_on_composites"] = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+    record["base_model_on_composites"] = mean_scores(shipped, composites, 20, WorldConfig())
     record["generation"] = generation_metrics(shipped, range(EVAL_SEED0, EVAL_SEED0 + args.videos))
     print(json.dumps(record, indent=1))
     if args.record:

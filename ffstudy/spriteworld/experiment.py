@@ -92,8 +92,7 @@ def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int
             train_seconds = writing_seconds + time.perf_counter() - started
             if reused:
                 train_seconds = carried_train_seconds(previous, key, n, config.output_dir)
-            scores = [measure_clip(pipe, clip, inference_steps, world) for clip in clips]
-            row = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+            row = mean_scores(pipe, clips, inference_steps, world)
             row.update(train_seconds=train_seconds, total_seconds=writing_seconds + time.perf_counter() - started)
             if reused:
                 row["lora_reused"] = True  # trained by the run ``previous`` records; total_seconds is this run's
@@ -137,6 +136,12 @@ def measure_clip(pipe, clip, inference_steps: int, world: WorldConfig) -> dict:
     video = generate(pipe, composite, clip.caption, num_inference_steps=inference_steps, seed=clip.seed,
                      height=world.height, width=world.width, progress=False)
     return measure(video, clip, fit_first_frame(composite, *video.frames.shape[1:3]).image)
+
+
+def mean_scores(pipe, clips: list, inference_steps: int, world: WorldConfig) -> dict:
+    """Each of :func:`measure`'s scores averaged over the clips' composites: one row of the few-shot curve."""
+    scores = [measure_clip(pipe, clip, inference_steps, world) for clip in clips]
+    return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
 
 def ship_lora(results: dict, out: str | Path, n: int, destination: str | Path) -> Path:

@@ -266,9 +266,10 @@ def pretrain(config: PretrainConfig, out: str | Path, world: WorldConfig = World
         start = time.perf_counter()
         clips = training_clips(config, world)
         timings["render_seconds"] = time.perf_counter() - start
-        own_world, start = transformer_world(config, world), time.perf_counter()
-        transformer_clips = clips if own_world == world else training_clips(config, own_world)
-        if own_world != world:
+        transformer_clips, own_world = clips, transformer_world(config, world)
+        if own_world != world:  # the same seeds with the transformer's own share of cuts
+            start = time.perf_counter()
+            transformer_clips = training_clips(config, own_world)
             timings["transformer_render_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         vae_stage(pipe.vae, clips, config, log)
