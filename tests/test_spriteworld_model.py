@@ -100,6 +100,10 @@ def test_the_miniature_experiment_runs_end_to_end_and_ships_a_loadable_lora(tmp_
     assert "--first-heldout 3000040 --heldout 1" in check and "| plain loss | 2 |" in check
     assert "--compare-plain" in check and "Goals, measured here: N = 0 retention ≤ 30%" in check
     assert "| no LoRA | 0 |" in render_check(json.loads(json.dumps(results)))  # keys are strings once saved
+    assert results["device"] == "CPU" and "Training and generation ran on\nCPU;" in card  # no CUDA in the tests
+    assert "on the same device: the same weights, tensor for tensor" in render_check(results, results)
+    on_gpu = {**results, "device": "NVIDIA H100 80GB HBM3"}
+    assert "retrained from the same seeds on NVIDIA H100 80GB HBM3)" in render_check(on_gpu, results)
     shipped = ship_lora(results, tmp_path, 2, tmp_path / "shipped")
     assert "**2** SpriteWorld composite" in (shipped / "README.md").read_text()
     weighted, plain = (tmp_path / f"lora-2-w{w:g}" / "main" / "pytorch_lora_weights.safetensors"

@@ -160,6 +160,11 @@ def _sampler(results: dict) -> str:
             else "CFG 6 (results saved before the CFG was recorded)")
 
 
+def _device(results: dict) -> str:
+    """Where the LoRAs trained and generated (runs saved before the device was recorded ran on the CPU)."""
+    return results.get("device", "CPU")
+
+
 def _resumed(results: dict) -> str:
     rows = [r for key in ("runs", "plain_loss_runs") for r in results.get(key, {}).values()]
     return (" The LoRAs were trained by an earlier run of the same command; this one (`--resume`) reloaded and "
@@ -194,8 +199,8 @@ composite→scene examples (seeds from {experiment['fewshot_seeds_start']}) and 
 `configs/spriteworld-cpu.yaml` for {experiment['steps']} steps; N = 0 is no LoRA, the trigger phrase only. The loss is
 {loss}. Each LoRA generated from {experiment['heldout_seeds'][1] - experiment['heldout_seeds'][0] + 1} held-out
 composites (seeds {experiment['heldout_seeds'][0]}–{experiment['heldout_seeds'][1]}) with {experiment['inference_steps']}
-steps and {sampler}, measured after dropping the 4 transition frames. Training time includes writing and encoding
-the examples.{resumed}
+steps and {sampler}, measured after dropping the 4 transition frames. Training and generation ran on
+{_device(experiment)}; training time includes writing and encoding the examples.{resumed}
 
 {header}
 {experiment_rows(runs)}
@@ -204,8 +209,9 @@ Goals: {verdict}.
 {plain}"""
 
 
-def render_check(check: dict) -> str:
-    """The tuned setting re-measured on composites that played no part in choosing it."""
+def render_check(check: dict, experiment: dict | None = None) -> str:
+    """The tuned setting re-measured on composites that played no part in choosing it (``experiment``: the run it
+    checks, to say whether its LoRAs are the same tensor for tensor: only when both ran on the same device)."""
     first, last = check["heldout_seeds"]
     losses = (("runs", f"weight {check['entity_loss_weight']:g}"), ("plain_loss_runs", "plain loss"))
     rows = "\n".join(f"| {label if int(n) else 'no LoRA'} | {n} | {r['retention']:.1%} | {r['final_in_scene']:.1%} "
@@ -214,11 +220,14 @@ def render_check(check: dict) -> str:
     goals = retention_goals({int(n): r for n, r in check["runs"].items()})
     verdict = f"\nGoals, measured here: {goals}.\n" if goals else ""
     plain = " --compare-plain" if "plain_loss_runs" in check else ""
+    same = experiment is not None and _device(experiment) == _device(check)
+    retrained = ("retrained from the same seeds on the same device: the same weights, tensor for tensor" if same
+                 else f"retrained from the same seeds on {_device(check)}")
     return f"""
 ### Checked on composites not used for tuning
 
-The loss weight and step count above were chosen against those held-out composites. The same LoRAs (retrained from
-the same seeds: the same weights, tensor for tensor) on {last - first + 1} other composites (seeds {first}–{last}),
+The loss weight and step count above were chosen against those held-out composites. The same LoRAs ({retrained}) on
+{last - first + 1} other composites (seeds {first}–{last}),
 `python -m ffstudy.spriteworld.experiment --sizes {",".join(str(n) for n in check["sizes"])}{plain}
 --first-heldout {first} --heldout {last - first + 1} --results data/models/spriteworld-i2v/experiment-check.json`,
 sampled with {_sampler(check)}.{_resumed(check)}
@@ -263,10 +272,12 @@ def main(argv=None) -> int:
              "transformer_mb": megabytes("transformer"), "text_mb": megabytes("text_encoder")}
     sizes["total_mb"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
     card = render_card(training, evaluation, sizes)
+    experiment = None
     if (folder / "experiment.json").is_file():
-        card += render_experiment(json.loads((folder / "experiment.json").read_text()))
+        experiment = json.loads((folder / "experiment.json").read_text())
+        card += render_experiment(experiment)
     if (folder / "experiment-check.json").is_file():
-        card += render_check(json.loads((folder / "experiment-check.json").read_text()))
+        card += render_check(json.loads((folder / "experiment-check.json").read_text()), experiment)
     with atomic_path(folder / "README.md") as tmp:
         tmp.write_text(card)
     print(json.dumps(evaluation, indent=2))

@@ -16,6 +16,9 @@ each N is also trained with FFGo's plain loss, a one-variable comparison on the 
 With ``resume`` the LoRAs already in ``out`` are reused (LoRA training is deterministic, so a finished one is the
 LoRA this run would train): remeasuring after a decoder or sampler change then costs generation only. A LoRA
 stopped part-way continues from its checkpoint, and its training time then counts only this run's part.
+
+Everything runs where the trainer runs: on the GPU when there is one (in float32, as the config asks), else on the
+CPU; the results name the device, since a LoRA trained on another device is not the same tensor for tensor.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..compose import compose_first_frame
 from ..generate import fit_first_frame, generate
@@ -68,7 +72,7 @@ def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int
     results = {"sizes": list(sizes), "heldout_seeds": [first_heldout, first_heldout + heldout - 1],
                "fewshot_seeds_start": FEWSHOT_SEED0, "steps": steps, "inference_steps": inference_steps,
                "guidance_scale": get_backbone("spriteworld").guidance_scale,
-               "entity_loss_weight": base.entity_loss_weight, "runs": {}}
+               "entity_loss_weight": base.entity_loss_weight, "device": device_name(), "runs": {}}
     clips = [generate_clip(first_heldout + i, world, cut=False) for i in range(heldout)]
     settings = {"runs": base.entity_loss_weight}
     if compare_plain and base.entity_loss_weight:
@@ -81,7 +85,7 @@ def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int
             if key != "runs" and not n:
                 continue  # N = 0 trains nothing: one baseline serves both
             started = time.perf_counter()
-            pipe = load_pipeline("spriteworld", device="cpu")
+            pipe = load_pipeline("spriteworld")  # where train_expert trains: CUDA when there is one
             reused = False
             if n:
                 config = dataclasses.replace(base, manifest=str(manifest), output_dir=str(lora_dir(out, n, weight)),
@@ -99,6 +103,10 @@ def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int
             results.setdefault(key, {})[n] = row
             print(f"N={n}, entity_loss_weight {weight:g}: {row}", flush=True)
     return results
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
 
 
 def lora_dir(out: str | Path, n: int, weight: float) -> Path:
