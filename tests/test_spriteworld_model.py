@@ -106,6 +106,7 @@ def test_the_miniature_experiment_runs_end_to_end_and_ships_a_loadable_lora(tmp_
     assert "retrained from the same seeds on NVIDIA H100 80GB HBM3)" in render_check(on_gpu, results)
     shipped = ship_lora(results, tmp_path, 2, tmp_path / "shipped")
     assert "**2** SpriteWorld composite" in (shipped / "README.md").read_text()
+    assert " s on the CPU, including writing" in (shipped / "README.md").read_text()
     weighted, plain = (tmp_path / f"lora-2-w{w:g}" / "main" / "pytorch_lora_weights.safetensors"
                        for w in (results["entity_loss_weight"], 0))
     assert (shipped / weighted.name).read_bytes() == weighted.read_bytes() != plain.read_bytes()
