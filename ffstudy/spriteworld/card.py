@@ -160,7 +160,7 @@ def _sampler(results: dict) -> str:
             else "CFG 6 (results saved before the CFG was recorded)")
 
 
-def _device(results: dict) -> str:
+def device_of(results: dict) -> str:
     """Where the LoRAs trained and generated (runs saved before the device was recorded ran on the CPU)."""
     return results.get("device", "CPU")
 
@@ -200,7 +200,7 @@ composite→scene examples (seeds from {experiment['fewshot_seeds_start']}) and 
 {loss}. Each LoRA generated from {experiment['heldout_seeds'][1] - experiment['heldout_seeds'][0] + 1} held-out
 composites (seeds {experiment['heldout_seeds'][0]}–{experiment['heldout_seeds'][1]}) with {experiment['inference_steps']}
 steps and {sampler}, measured after dropping the 4 transition frames. Training and generation ran on
-{_device(experiment)}; training time includes writing and encoding the examples.{resumed}
+{device_of(experiment)}; training time includes writing and encoding the examples.{resumed}
 
 {header}
 {experiment_rows(runs)}
@@ -220,9 +220,9 @@ def render_check(check: dict, experiment: dict | None = None) -> str:
     goals = retention_goals({int(n): r for n, r in check["runs"].items()})
     verdict = f"\nGoals, measured here: {goals}.\n" if goals else ""
     plain = " --compare-plain" if "plain_loss_runs" in check else ""
-    same = experiment is not None and _device(experiment) == _device(check)
+    same = experiment is not None and device_of(experiment) == device_of(check)
     retrained = ("retrained from the same seeds on the same device: the same weights, tensor for tensor" if same
-                 else f"retrained from the same seeds on {_device(check)}")
+                 else f"retrained from the same seeds on {device_of(check)}")
     return f"""
 ### Checked on composites not used for tuning
 

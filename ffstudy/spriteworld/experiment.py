@@ -159,6 +159,7 @@ def ship_lora(results: dict, out: str | Path, n: int, destination: str | Path) -
 
     from ..io import atomic_path
     from ..lora import WEIGHT_NAMES
+    from .card import device_of
 
     runs = {int(k): v for k, v in results["runs"].items()}  # int keys in memory, str keys once read from JSON
     run = runs[n]
@@ -172,7 +173,7 @@ def ship_lora(results: dict, out: str | Path, n: int, destination: str | Path) -
 An FFGo LoRA for the SpriteWorld I2V model (`data/models/spriteworld-i2v`), trained by the miniature FFGo experiment
 (`python -m ffstudy.spriteworld.experiment --ship-lora {n}`) on **{n}** SpriteWorld composite→scene examples (seeds
 from {results['fewshot_seeds_start']}) with `configs/spriteworld-cpu.yaml` for {results['steps']} steps
-({run['train_seconds']:.0f} s on the {results.get('device', 'CPU')}, including writing and encoding the examples), with
+({run['train_seconds']:.0f} s on the {device_of(results)}, including writing and encoding the examples), with
 `entity_loss_weight: {results['entity_loss_weight']:g}`.
 
 ```python
