@@ -29,8 +29,8 @@ from ffstudy.models import get_backbone, load_pipeline
 from ffstudy.spriteworld.evaluate import generation_metrics
 from ffstudy.spriteworld.experiment import mean_scores
 from ffstudy.spriteworld.fewshot import HELDOUT_SEED0
-from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, encode_training_set,
-                                          train_transformer, training_clips, transformer_world)
+from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, training_clips,
+                                          transformer_stage, transformer_world)
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,17 +77,12 @@ def main() -> None:
     pipe.vae = shipped.vae
     pipe.set_progress_bar_config(disable=True)
     world, started = transformer_world(config, WorldConfig()), time.perf_counter()
-    own_clips = world != WorldConfig()
     clips = training_clips(config, world)
-    render_seconds, started = time.perf_counter() - started, time.perf_counter()
-    encoded = encode_training_set(pipe, clips, config)
-    encode_seconds, started = time.perf_counter() - started, time.perf_counter()
-    log: list = []
-    train_transformer(pipe, encoded, config, log)
-    record = {"overrides": overrides, "own_clips": own_clips,
+    timings, log = {"render_seconds": time.perf_counter() - started}, []
+    transformer_stage(pipe, clips, config, log, timings)
+    record = {"overrides": overrides, "own_clips": world != WorldConfig(),
               "transformer_cut_clips": sum(c.cut_frame is not None for c in clips),
-              "render_seconds": round(render_seconds, 1), "encode_seconds": round(encode_seconds, 1),
-              "transformer_seconds": round(time.perf_counter() - started, 1),
+              **{key: round(seconds, 1) for key, seconds in timings.items()},
               "transformer_final_loss": float(np.mean([r["loss"] for r in log][-50:]))}
     shipped.transformer = pipe.transformer
     if args.save:

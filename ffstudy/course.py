@@ -13,13 +13,15 @@ def setup(threads: int = 2, seed: int = 0) -> str:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    from .models import default_device
+
     warnings.filterwarnings("ignore", message=".*torchvision.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
     mediapy.set_ffmpeg(imageio_ffmpeg.get_ffmpeg_exe())
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device().type
     if device == "cpu":
         torch.set_num_threads(threads)
     torch.manual_seed(seed)

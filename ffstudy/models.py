@@ -225,6 +225,11 @@ def _from_pretrained(spec: BackboneSpec, source: str, dtype: torch.dtype):
     return pipe
 
 
+def default_device() -> torch.device:
+    """CUDA when there is a GPU, else the CPU: where ``load_pipeline`` puts a model and where the trainer trains."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_pipeline(name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                   offload: str | None = None, vae_tiling: bool = False, path: str | os.PathLike | None = None):
     """Build or load backbone ``name`` as a ``WanImageToVideoPipeline`` with FFGo's sampler.
@@ -254,7 +259,7 @@ def load_pipeline(name: str, device: str | torch.device | None = None, dtype: to
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload()
     else:
-        device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(device) if device else default_device()
         if device.type == "cpu" and not spec.is_tiny and spec.local_dir is None:
             warnings.warn(f"{name} on the CPU will take hours per video; use a CUDA GPU", stacklevel=2)
         pipe.to(device)

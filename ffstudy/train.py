@@ -31,7 +31,7 @@ import torch
 from .data import CLIP_LENGTHS, FewShotDataset, LatentCache, check_dataset, clip_key, encode_clip, latent_entity_mask
 from .lora import FFGO_TARGET_MODULES, WEIGHT_NAMES, save_lora, target_module_count
 from .io import write_json
-from .models import get_backbone, load_pipeline
+from .models import default_device, get_backbone, load_pipeline
 
 
 class TrainingDivergedError(RuntimeError):
@@ -287,7 +287,7 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    cuda = torch.cuda.is_available()
+    cuda = default_device().type == "cuda"
     precision = ("bf16" if cuda else "no") if config.mixed_precision == "auto" else config.mixed_precision
     accelerator = Accelerator(cpu=not cuda, mixed_precision=precision,
                               gradient_accumulation_steps=config.gradient_accumulation_steps)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import torch
 from ..compose import compose_first_frame
 from ..generate import fit_first_frame, generate
 from ..lora import load_lora
-from ..models import get_backbone, load_pipeline
+from ..models import default_device, get_backbone, load_pipeline
 from ..train import TrainConfig, latest_checkpoint, train_expert
 from .fewshot import FEWSHOT_SEED0, HELDOUT_SEED0, write_fewshot_dataset
 from .metrics import colour_mask, entity_persistence, psnr
@@ -106,7 +107,16 @@ def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int
 
 
 def device_name() -> str:
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    """Where this run trains and generates (``default_device``), as its results record it: the GPU's name, or the
+    CPU's model and thread count — a LoRA trained on another CPU is not the same tensor for tensor either."""
+    device = default_device()
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in
+              (cpuinfo.read_text().splitlines() if cpuinfo.exists() else []) if line.startswith("model name")]
+    model = models[0] if models else platform.processor() or platform.machine()
+    return f"CPU ({model}, {torch.get_num_threads()} threads)"
 
 
 def lora_dir(out: str | Path, n: int, weight: float) -> Path:

@@ -35,7 +35,7 @@ class PretrainConfig:
     vae_is_residual: bool = True  # Wan 2.2's layout (average-pooling shortcuts around every down/up block), else 2.1's
     vae_steps: int = 2400
     vae_batch: int = 8
-    vae_frames: int = 5  # frame 0 alone + one group of 4: both paths of the causal VAE
+    vae_frames: int = 5  # frame 0 alone + one group of 4; 9 would also train the cache from group to group
     vae_crop: int = 32
     vae_lr: float = 5e-4
     vae_kl_weight: float = 1e-6
@@ -251,6 +251,17 @@ def train_transformer(pipe, encoded: list[dict], config: PretrainConfig, log: li
     transformer.eval()
 
 
+def transformer_stage(pipe, clips: list, config: PretrainConfig, log: list, timings: dict) -> None:
+    """Encode ``clips`` with ``pipe``'s frozen VAE and train the transformer on them, timing both: the recipe's
+    middle stage, which ``benchmarks/transformer_stage.py`` reruns on the shipped VAE."""
+    start = time.perf_counter()
+    encoded = encode_training_set(pipe, clips, config)
+    timings["encode_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    train_transformer(pipe, encoded, config, log)
+    timings["transformer_seconds"] = time.perf_counter() - start
+
+
 def pretrain(config: PretrainConfig, out: str | Path, world: WorldConfig = WorldConfig()) -> Path:
     """Run the whole recipe and save the pipeline folder, its training log and timings into ``out``."""
     from ..io import atomic_dir, write_json
@@ -274,12 +285,7 @@ def pretrain(config: PretrainConfig, out: str | Path, world: WorldConfig = World
         start = time.perf_counter()
         vae_stage(pipe.vae, clips, config, log)
         timings["vae_seconds"] = time.perf_counter() - start
-        start = time.perf_counter()
-        encoded = encode_training_set(pipe, transformer_clips, config)
-        timings["encode_seconds"] = time.perf_counter() - start
-        start = time.perf_counter()
-        train_transformer(pipe, encoded, config, log)
-        timings["transformer_seconds"] = time.perf_counter() - start
+        transformer_stage(pipe, transformer_clips, config, log, timings)
         start = time.perf_counter()
         finetune_decoder(pipe.vae, clips, config, log)
         timings["decoder_seconds"] = time.perf_counter() - start
