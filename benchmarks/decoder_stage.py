@@ -53,8 +53,8 @@ def main() -> None:
     parser.add_argument("--save", help="also save the fine-tuned VAE here (a diffusers AutoencoderKLWan folder)")
     parser.add_argument("--record", help="also write the result and the decoder's per-step log here (JSON)")
     args = parser.parse_args()
-    config = dataclasses.replace(PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml"),
-                                 **json.loads(args.overrides))
+    overrides = json.loads(args.overrides)
+    config = PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml", **overrides)
     torch.set_num_threads(config.threads)
     vae = cached_vae_stage(config, Path(args.cache))
     shipped = load_file(Path(get_backbone("spriteworld").local_dir) / "vae/diffusion_pytorch_model.safetensors")
@@ -71,7 +71,7 @@ def main() -> None:
     pipe = load_pipeline("spriteworld")
     pipe.vae = vae
     seeds = range(EVAL_SEED0, EVAL_SEED0 + args.videos)
-    result = {"overrides": json.loads(args.overrides), "decoder_seconds": round(seconds, 1),
+    result = {"overrides": overrides, "decoder_seconds": round(seconds, 1),
               "decoder_final_loss": float(np.mean([r["loss"] for r in log][-50:])),
               "vae_psnr_db": vae_psnr(pipe, seeds[:20]),
               "generation": {**generation_metrics(pipe, seeds), **reference_persistence(pipe, seeds)}}

@@ -16,7 +16,6 @@ no model card or evaluation: run ``ffstudy spriteworld evaluate`` on it).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -65,7 +64,7 @@ def main() -> None:
     parser.add_argument("--record", help="also write the result and the transformer's per-step log here (JSON)")
     args = parser.parse_args()
     overrides = json.loads(args.overrides)
-    config = dataclasses.replace(PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml"), **overrides)
+    config = PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml", **overrides)
     torch.set_num_threads(config.threads)
     shipped_dir = Path(get_backbone("spriteworld").local_dir)
     shipped = load_pipeline("spriteworld")

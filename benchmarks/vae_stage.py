@@ -14,7 +14,6 @@ About 0.4 s per VAE step at the recipe's width on 2 cores, 1 s per decoder step,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ def main() -> None:
     parser.add_argument("--record", help="also write the result and the per-step log here (JSON)")
     args = parser.parse_args()
     overrides = json.loads(args.overrides)
-    config = dataclasses.replace(PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml"), **overrides)
+    config = PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml", **overrides)
     torch.set_num_threads(config.threads)
     vae = build_untrained(config).vae  # built exactly as pretrain builds it: same seed, same order
     clips = training_clips(config, WorldConfig())

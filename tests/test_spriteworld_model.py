@@ -25,11 +25,18 @@ def test_the_shipped_model_was_trained_by_the_documented_recipe():
     the shipped training.json must name the pretraining config file's values and the default world."""
     from dataclasses import asdict
 
+    import pytest
+
     from ffstudy.spriteworld.pretrain import PretrainConfig
     from ffstudy.spriteworld.world import WorldConfig
 
     training = json.loads((SPRITEWORLD_DIR / "training.json").read_text())
-    recipe = PretrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / "spriteworld-pretrain.yaml")
+    path = Path(__file__).resolve().parents[1] / "configs" / "spriteworld-pretrain.yaml"
+    recipe = PretrainConfig.from_file(path)
+    variant = PretrainConfig.from_file(path, vae_frames=9, transformer_cut_probability=None)  # the benchmarks' way
+    assert asdict(variant) == {**asdict(recipe), "vae_frames": 9, "transformer_cut_probability": None}
+    with pytest.raises(ValueError, match=r"overrides: unknown settings \['vae_frame'\]"):
+        PretrainConfig.from_file(path, vae_frame=9)
     # a setting added after the model was trained counts at its default, the value that reproduces the old recipe
     assert {**asdict(PretrainConfig()), **training["config"]} == asdict(recipe)
     assert training["world"] == json.loads(json.dumps(asdict(WorldConfig())))  # tuples are lists in JSON

@@ -65,14 +65,17 @@ class PretrainConfig:
     transformer_cut_probability: float | None = None
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "PretrainConfig":
+    def from_file(cls, path: str | Path, **overrides) -> "PretrainConfig":
+        """The config in ``path`` with ``overrides`` (a variant of the recipe, as the stage benchmarks try); a
+        name that is not a setting is an error, in the file or in the overrides."""
         import yaml
 
         values = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{path}: unknown settings {unknown}")
-        return cls(**values)
+        known = {f.name for f in fields(cls)}
+        for source, names in ((path, values), ("overrides", overrides)):
+            if unknown := sorted(set(names) - known):
+                raise ValueError(f"{source}: unknown settings {unknown}")
+        return cls(**{**values, **overrides})
 
 
 TRAIN_SEED0, EVAL_SEED0 = 10_000, 1_000_000
