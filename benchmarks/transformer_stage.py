@@ -9,6 +9,11 @@ cuts into the scene, which is what FFGo's LoRA has to teach.
 
     .venv/bin/python benchmarks/transformer_stage.py --overrides '{"transformer_cut_probability": 0.03}'
 
+``--vae DIR --vae-record FILE`` trains on another VAE instead: one that ``benchmarks/vae_stage.py --decoder --save DIR
+--record FILE`` trained with a variant of the VAE stage. Its overrides join the config, and the saved folder takes
+that VAE with its stages' settings, times and log, so the three stage runs together are ``pretrain`` with the
+variant.
+
 About 11 min encoding, 28 min training, 4 min measuring (2-core CPU). ``--save`` writes a complete model folder
 (the shipped one with this transformer, its settings, time, loss and log in training.json / training_log.jsonl;
 no model card or evaluation: run ``ffstudy spriteworld evaluate`` on it).
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKLWan
 
 from ffstudy.io import atomic_dir, write_json
 from ffstudy.models import get_backbone, load_pipeline
@@ -35,19 +41,29 @@ from ffstudy.spriteworld.world import WorldConfig, generate_clip
 REPO = Path(__file__).resolve().parents[1]
 
 
-def save_model(pipe, shipped: Path, out: str, record: dict) -> None:
-    """The shipped model folder with ``pipe``'s transformer and the stage's settings, time, loss and log."""
+def save_model(pipe, shipped: Path, out: str, record: dict, vae_record: dict | None) -> None:
+    """The shipped model folder with ``pipe``'s transformer and the stage's settings, time, loss and log (and with
+    those of ``vae_record``'s VAE and decoder stages when ``pipe`` carries that VAE)."""
     training = json.loads((shipped / "training.json").read_text())
     training["config"].update(record["overrides"])
     timings = training["timings"]
+    old_log = [json.loads(line) for line in (shipped / "training_log.jsonl").read_text().splitlines()]
+    if vae_record:
+        old_log = vae_record["log"]
+        timings.update(vae_seconds=vae_record["vae_seconds"], decoder_seconds=vae_record["decoder_seconds"])
+        for stage in ("vae", "decoder"):
+            training["final_losses"][stage] = float(np.mean([r["loss"] for r in old_log if r["stage"] == stage][-50:]))
+        training.pop("decoder_stage_run", None)
+        training["vae_stage_run"] = ("benchmarks/vae_stage.py --decoder, which runs the decoder stage right after it "
+                                     "(that stage depends on the VAE stage's weights only), the recipe's seeds with "
+                                     f"{json.dumps(vae_record['overrides'])}")
     timings.pop("transformer_render_seconds", None)
     if record["own_clips"]:  # pretrain renders the transformer's clips apart only if their share of cuts differs
         timings["transformer_render_seconds"] = record["render_seconds"]
     timings.update(encode_seconds=record["encode_seconds"], transformer_seconds=record["transformer_seconds"])
     training["final_losses"]["transformer"] = record["transformer_final_loss"]
     training["transformer_stage_run"] = (f"benchmarks/transformer_stage.py on {time.strftime('%Y-%m-%d')}: the "
-                                         "shipped VAE's encoder, the recipe's seeds")
-    old_log = [json.loads(line) for line in (shipped / "training_log.jsonl").read_text().splitlines()]
+                                         f"{'that' if vae_record else 'the shipped'} VAE's encoder, the recipe's seeds")
     log = ([r for r in old_log if r["stage"] == "vae"] + record["log"]  # pretrain's order of stages
            + [r for r in old_log if r["stage"] == "decoder"])
     with atomic_dir(out) as staging:
@@ -62,8 +78,13 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=40, help="held-out card seeds and tuning composites")
     parser.add_argument("--save", help="also write the model folder here")
     parser.add_argument("--record", help="also write the result and the transformer's per-step log here (JSON)")
+    parser.add_argument("--vae", help="train on this VAE folder (vae_stage.py --save) instead of the shipped VAE")
+    parser.add_argument("--vae-record", help="that VAE's vae_stage.py --record file (settings, times, log)")
     args = parser.parse_args()
-    overrides = json.loads(args.overrides)
+    vae_record = json.loads(Path(args.vae_record).read_text()) if args.vae_record else None
+    if bool(args.vae) != bool(vae_record) or (vae_record and "decoder_seconds" not in vae_record):
+        parser.error("--vae and --vae-record come together, from one vae_stage.py run with --decoder")
+    overrides = {**(vae_record["overrides"] if vae_record else {}), **json.loads(args.overrides)}
     config = PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml", **overrides)
     torch.set_num_threads(config.threads)
     shipped_dir = Path(get_backbone("spriteworld").local_dir)
@@ -73,7 +94,8 @@ def main() -> None:
     if not all(torch.equal(v, text_encoder[k]) for k, v in pipe.text_encoder.state_dict().items()):
         raise SystemExit("the rebuilt text encoder differs from the shipped one: the seeded construction changed")
     pipe.text_encoder.requires_grad_(False)
-    pipe.vae = shipped.vae
+    pipe.vae = AutoencoderKLWan.from_pretrained(args.vae).eval() if args.vae else shipped.vae
+    shipped.vae = pipe.vae
     pipe.set_progress_bar_config(disable=True)
     world, started = transformer_world(config, WorldConfig()), time.perf_counter()
     clips = training_clips(config, world)
@@ -85,7 +107,7 @@ def main() -> None:
               "transformer_final_loss": float(np.mean([r["loss"] for r in log][-50:]))}
     shipped.transformer = pipe.transformer
     if args.save:
-        save_model(shipped, shipped_dir, args.save, {**record, "log": log})
+        save_model(shipped, shipped_dir, args.save, {**record, "log": log}, vae_record)
     composites = [generate_clip(HELDOUT_SEED0 + i, WorldConfig(), cut=False) for i in range(args.videos)]
     record["base_model_on_composites"] = mean_scores(shipped, composites, 20, WorldConfig())
     record["generation"] = generation_metrics(shipped, range(EVAL_SEED0, EVAL_SEED0 + args.videos))

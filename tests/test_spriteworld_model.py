@@ -42,6 +42,23 @@ def test_the_shipped_model_was_trained_by_the_documented_recipe():
     assert training["world"] == json.loads(json.dumps(asdict(WorldConfig())))  # tuples are lists in JSON
 
 
+def test_the_card_names_the_recipe_of_weights_assembled_from_stage_runs():
+    """A model the stage benchmarks assembled (vae_stage.py, then transformer_stage.py --vae) must say so, and
+    describe the VAE stage it really had."""
+    from ffstudy.spriteworld.card import render_card
+
+    training = json.loads((SPRITEWORLD_DIR / "training.json").read_text())
+    evaluation = json.loads((SPRITEWORLD_DIR / "evaluation.json").read_text())
+    sizes = dict.fromkeys(("vae_params", "vae_mb", "transformer_params", "transformer_mb", "text_params", "text_mb",
+                           "total_mb"), 1.0)
+    assert "The VAE stage of these weights" not in render_card(training, evaluation, sizes)
+    training["config"]["vae_frames"] = 9
+    training["vae_stage_run"] = "benchmarks/vae_stage.py --decoder"
+    card = render_card(training, evaluation, sizes)
+    assert "The VAE stage of these weights was run on its own, by benchmarks/vae_stage.py --decoder." in card
+    assert "8 × 9-frame 32² crops" in card and "only ever sees 9-frame windows" in card
+
+
 def test_loads_offline_and_generates_on_cpu_deterministically():
     pipe = load_pipeline("spriteworld")
     assert pipe.transformer.config.in_channels == 36 and pipe.image_encoder is None

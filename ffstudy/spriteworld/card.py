@@ -40,7 +40,8 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
                     f"weighted {1 + cfg['transformer_sprite_weight']:g}×" if cfg.get("transformer_sprite_weight")
                     else "`masked_velocity_loss`")
     separate = "".join(f"\n- The {stage} stage of these weights was run on its own, by {run}."
-                       for stage in ("transformer", "decoder") if (run := training.get(f"{stage}_stage_run")))
+                       for stage in ("VAE", "transformer", "decoder")
+                       if (run := training.get(f"{stage.lower()}_stage_run")))
     share = cfg.get("transformer_cut_probability")
     cuts = (f"{world['cut_probability']:.0%} of clips cut hard to a new scene in which the same sprites reappear"
             if share is None or share == world["cut_probability"] else
@@ -83,7 +84,7 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
   shift-{cfg['flow_shift']:g} schedule, AdamW with one-cycle lr {cfg['transformer_lr']:g}), then the decoder
   fine-tuned on whole 17-frame clips {t['decoder_seconds'] / 60:.1f} min ({cfg['decoder_steps']} steps of
   {cfg['decoder_batch']} latent crops of {cfg['decoder_crop']}²{decoder_weight}, encoder frozen so the transformer's
-  latents do not change; the VAE stage only ever sees 5-frame windows).
+  latents do not change; the VAE stage only ever sees {cfg['vae_frames']}-frame windows).
 - Data: SpriteWorld seeds {10_000}–{10_000 + cfg['train_clips'] - 1} (VAE crops and transformer latents both
   come from them); {cuts}. Final losses (mean of the last 50 steps): VAE {training['final_losses']['vae']:.4f},
   transformer {training['final_losses']['transformer']:.4f}, decoder
