@@ -18,14 +18,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from ffstudy.io import write_json
 from ffstudy.models import get_backbone, load_pipeline
 from ffstudy.spriteworld.evaluate import generation_metrics, reference_persistence, vae_psnr
-from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, finetune_decoder,
+from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, final_loss, finetune_decoder,
                                           training_clips, vae_stage)
 from ffstudy.spriteworld.world import WorldConfig
 
@@ -72,7 +71,7 @@ def main() -> None:
     pipe.vae = vae
     seeds = range(EVAL_SEED0, EVAL_SEED0 + args.videos)
     result = {"overrides": overrides, "decoder_seconds": round(seconds, 1),
-              "decoder_final_loss": float(np.mean([r["loss"] for r in log][-50:])),
+              "decoder_final_loss": final_loss(log, "decoder"),
               "vae_psnr_db": vae_psnr(pipe, seeds[:20]),
               "generation": {**generation_metrics(pipe, seeds), **reference_persistence(pipe, seeds)}}
     print(json.dumps(result, indent=1))

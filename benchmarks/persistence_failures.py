@@ -18,9 +18,8 @@ import json
 
 import torch
 
-from ffstudy.generate import generate
 from ffstudy.models import load_pipeline
-from ffstudy.spriteworld.evaluate import reconstruct
+from ffstudy.spriteworld.evaluate import generate_from_first_frame, reconstruct
 from ffstudy.spriteworld.metrics import entity_persistence
 from ffstudy.spriteworld.pretrain import EVAL_SEED0
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
@@ -33,9 +32,7 @@ def failures(model_dir: str, videos: int, world: WorldConfig = WorldConfig()) ->
     generated, first_frame, round_trip = [], [], []
     for seed in range(EVAL_SEED0, EVAL_SEED0 + videos):
         clip = generate_clip(seed, world, cut=False)
-        video = generate(pipe, clip.frames[0], clip.caption, trigger=None, num_inference_steps=20,
-                         num_frames=world.num_frames, height=world.height, width=world.width, drop_first_frames=0,
-                         seed=seed, progress=False).frames
+        video = generate_from_first_frame(pipe, clip, seed, world=world).frames
         if not entity_persistence(video, clip.sprites):
             generated.append(seed)
         if not entity_persistence(video, clip.sprites, frame=0):

@@ -25,7 +25,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
 
@@ -34,7 +33,7 @@ from ffstudy.models import get_backbone, load_pipeline
 from ffstudy.spriteworld.evaluate import generation_metrics
 from ffstudy.spriteworld.experiment import mean_scores
 from ffstudy.spriteworld.fewshot import HELDOUT_SEED0
-from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, training_clips,
+from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, final_loss, training_clips,
                                           transformer_stage, transformer_world)
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
 
@@ -47,16 +46,16 @@ def save_model(pipe, shipped: Path, out: str, record: dict, vae_record: dict | N
     training = json.loads((shipped / "training.json").read_text())
     training["config"].update(record["overrides"])
     timings = training["timings"]
-    old_log = [json.loads(line) for line in (shipped / "training_log.jsonl").read_text().splitlines()]
     if vae_record:
         old_log = vae_record["log"]
         timings.update(vae_seconds=vae_record["vae_seconds"], decoder_seconds=vae_record["decoder_seconds"])
-        for stage in ("vae", "decoder"):
-            training["final_losses"][stage] = float(np.mean([r["loss"] for r in old_log if r["stage"] == stage][-50:]))
+        training["final_losses"].update({stage: final_loss(old_log, stage) for stage in ("vae", "decoder")})
         training.pop("decoder_stage_run", None)
         training["vae_stage_run"] = ("benchmarks/vae_stage.py --decoder, which runs the decoder stage right after it "
                                      "(that stage depends on the VAE stage's weights only), the recipe's seeds with "
                                      f"{json.dumps(vae_record['overrides'])}")
+    else:
+        old_log = [json.loads(line) for line in (shipped / "training_log.jsonl").read_text().splitlines()]
     timings.pop("transformer_render_seconds", None)
     if record["own_clips"]:  # pretrain renders the transformer's clips apart only if their share of cuts differs
         timings["transformer_render_seconds"] = record["render_seconds"]
@@ -104,7 +103,7 @@ def main() -> None:
     record = {"overrides": overrides, "own_clips": world != WorldConfig(),
               "transformer_cut_clips": sum(c.cut_frame is not None for c in clips),
               **{key: round(seconds, 1) for key, seconds in timings.items()},
-              "transformer_final_loss": float(np.mean([r["loss"] for r in log][-50:]))}
+              "transformer_final_loss": final_loss(log, "transformer")}
     shipped.transformer = pipe.transformer
     if args.save:
         save_model(shipped, shipped_dir, args.save, {**record, "log": log}, vae_record)

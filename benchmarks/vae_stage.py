@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 
 from ffstudy.io import write_json
 from ffstudy.spriteworld.evaluate import reference_persistence, vae_psnr
-from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, finetune_decoder,
+from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, final_loss, finetune_decoder,
                                           training_clips, vae_stage)
 from ffstudy.spriteworld.world import WorldConfig
 
@@ -54,7 +53,7 @@ def main() -> None:
     vae_stage(vae, clips, config, log)
     result = {"overrides": overrides, "parameters": sum(p.numel() for p in vae.parameters()),
               "vae_seconds": round(time.perf_counter() - started, 1),
-              "vae_final_loss": float(np.mean([r["loss"] for r in log][-50:])), "vae_stage": measure(vae, args.videos)}
+              "vae_final_loss": final_loss(log, "vae"), "vae_stage": measure(vae, args.videos)}
     print(json.dumps(result, indent=1), flush=True)
     if args.decoder:
         started = time.perf_counter()

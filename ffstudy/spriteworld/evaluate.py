@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..data import TrainingClip, encode_clip, video_frames, video_tensor
-from ..generate import generate
+from ..generate import FFGoVideo, generate
 from ..probe import FirstFrameProbe
 from ..train import sample_flow_inputs
 from .metrics import (entity_persistence, first_frame_entities, masked_psnr, motion_check, psnr,
@@ -71,6 +71,15 @@ def reference_persistence(pipe, seeds, world: WorldConfig = WorldConfig()) -> di
     return {"persistence_real_clips": float(np.mean(real)), "persistence_vae_round_trip": float(np.mean(round_trip))}
 
 
+def generate_from_first_frame(pipe, clip, seed: int, steps: int = 20, world: WorldConfig = WorldConfig(),
+                              guidance_scale: float | None = None, flow_shift: float | None = None) -> FFGoVideo:
+    """Plain image-to-video from ``clip``'s first frame and caption (no trigger, nothing dropped): how the card
+    samples its held-out videos (the backbone's sampler unless given)."""
+    return generate(pipe, clip.frames[0], clip.caption, trigger=None, num_inference_steps=steps,
+                    num_frames=world.num_frames, height=world.height, width=world.width, drop_first_frames=0,
+                    seed=seed, guidance_scale=guidance_scale, flow_shift=flow_shift, progress=False)
+
+
 def generation_metrics(pipe, seeds, steps: int = 20, world: WorldConfig = WorldConfig(),
                        guidance_scale: float | None = None, flow_shift: float | None = None) -> dict:
     """Persistence and motion of videos generated from held-out first frames and captions (sampler: the
@@ -78,10 +87,7 @@ def generation_metrics(pipe, seeds, steps: int = 20, world: WorldConfig = WorldC
     persistent, moved, direction, drifting = [], [], [], 0
     for seed in seeds:
         clip = generate_clip(seed, world, cut=False)
-        generated = generate(pipe, clip.frames[0], clip.caption, trigger=None, num_inference_steps=steps,
-                             num_frames=world.num_frames, height=world.height, width=world.width,
-                             drop_first_frames=0, seed=seed, guidance_scale=guidance_scale, flow_shift=flow_shift,
-                             progress=False)
+        generated = generate_from_first_frame(pipe, clip, seed, steps, world, guidance_scale, flow_shift)
         persistent.append(entity_persistence(generated.frames, clip.sprites))
         for sprite in clip.sprites:
             check = motion_check(generated.frames, sprite)

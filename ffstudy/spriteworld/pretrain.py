@@ -254,6 +254,11 @@ def train_transformer(pipe, encoded: list[dict], config: PretrainConfig, log: li
     transformer.eval()
 
 
+def final_loss(log: list[dict], stage: str) -> float:
+    """The mean loss of ``stage``'s last 50 steps in a pretraining log: what training.json and the cards report."""
+    return float(np.mean([r["loss"] for r in log if r["stage"] == stage][-50:]))
+
+
 def transformer_stage(pipe, clips: list, config: PretrainConfig, log: list, timings: dict) -> None:
     """Encode ``clips`` with ``pipe``'s frozen VAE and train the transformer on them, timing both: the recipe's
     middle stage, which ``benchmarks/transformer_stage.py`` reruns on the shipped VAE."""
@@ -292,8 +297,7 @@ def pretrain(config: PretrainConfig, out: str | Path, world: WorldConfig = World
         start = time.perf_counter()
         finetune_decoder(pipe.vae, clips, config, log)
         timings["decoder_seconds"] = time.perf_counter() - start
-        final_losses = {s: float(np.mean([r["loss"] for r in log if r["stage"] == s][-50:]))
-                        for s in ("vae", "transformer", "decoder")}
+        final_losses = {s: final_loss(log, s) for s in ("vae", "transformer", "decoder")}
         pipe.save_pretrained(staging, safe_serialization=True)
         write_json(staging / "training.json", {"config": asdict(config), "world": asdict(world),
                                                "timings": timings, "final_losses": final_losses})
