@@ -60,7 +60,8 @@ def main() -> None:
     encoder = {k: v for k, v in vae.state_dict().items() if not k.startswith(("decoder.", "post_quant_conv."))}
     if not all(torch.equal(v, shipped[k]) for k, v in encoder.items()):
         raise SystemExit("the re-run VAE stage differs from the shipped encoder: the shipped transformer does not "
-                         "belong to it (other thread count or library versions?)")
+                         "belong to it (other thread count or library versions, or a --cache written by an older "
+                         "recipe: delete it)")
     clips = training_clips(dataclasses.replace(config, train_clips=config.decoder_clips), WorldConfig())
     log, started = [], time.perf_counter()
     finetune_decoder(vae, clips, config, log)

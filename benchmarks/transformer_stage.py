@@ -33,8 +33,8 @@ from ffstudy.models import get_backbone, load_pipeline
 from ffstudy.spriteworld.evaluate import generation_metrics
 from ffstudy.spriteworld.experiment import mean_scores
 from ffstudy.spriteworld.fewshot import HELDOUT_SEED0
-from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, final_loss, training_clips,
-                                          transformer_stage, transformer_world)
+from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, collapse_posterior, final_loss,
+                                          training_clips, transformer_stage, transformer_world)
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def save_model(pipe, shipped: Path, out: str, record: dict, vae_record: dict | N
         timings["transformer_render_seconds"] = record["render_seconds"]
     timings.update(encode_seconds=record["encode_seconds"], transformer_seconds=record["transformer_seconds"])
     training["final_losses"]["transformer"] = record["transformer_final_loss"]
-    training["transformer_stage_run"] = (f"benchmarks/transformer_stage.py on {time.strftime('%Y-%m-%d')}: the "
+    training["transformer_stage_run"] = (f"benchmarks/transformer_stage.py on {time.strftime('%Y-%m-%d')}: "
                                          f"{'that' if vae_record else 'the shipped'} VAE's encoder, the recipe's seeds")
     log = ([r for r in old_log if r["stage"] == "vae"] + record["log"]  # pretrain's order of stages
            + [r for r in old_log if r["stage"] == "decoder"])
@@ -94,6 +94,8 @@ def main() -> None:
         raise SystemExit("the rebuilt text encoder differs from the shipped one: the seeded construction changed")
     pipe.text_encoder.requires_grad_(False)
     pipe.vae = AutoencoderKLWan.from_pretrained(args.vae).eval() if args.vae else shipped.vae
+    if config.vae_point_posterior:  # what the VAE stage then does last; the encoder's mean is unchanged
+        collapse_posterior(pipe.vae)
     shipped.vae = pipe.vae
     pipe.set_progress_bar_config(disable=True)
     world, started = transformer_world(config, WorldConfig()), time.perf_counter()

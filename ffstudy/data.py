@@ -269,6 +269,26 @@ def clip_key(dataset: FewShotDataset, example: Example, settings: dict) -> str:
     return digest.hexdigest()[:32]
 
 
+@torch.no_grad()
+def encoder_fingerprint(pipe) -> str:
+    """A short digest of the weights and configs of everything :func:`encode_clip` runs (VAE, text encoder, image
+    encoder), for :func:`clip_key`: the model's name alone would let a cache outlive an update of its weights. Per
+    tensor it hashes the name and float64 sums of the values and of their squares, one tensor at a time."""
+    digest = hashlib.sha256()
+    for name in ("vae", "text_encoder", "image_encoder"):
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        config = getattr(module, "config", {})
+        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)  # transformers' or diffusers'
+        settings = {k: v for k, v in config.items() if not k.startswith("_")}  # not where it was loaded from
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        for key, tensor in module.state_dict().items():
+            values = tensor.detach().double()
+            digest.update(f"{name}.{key}:{float(values.sum())!r}:{float(values.square().sum())!r}".encode())
+    return digest.hexdigest()[:16]
+
+
 def video_tensor(frames: np.ndarray) -> torch.Tensor:
     """(T, H, W, 3) uint8 frames as the (3, T, H, W) float tensor in [-1, 1] that Wan's VAE encodes."""
     return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)

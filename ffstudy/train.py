@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from .data import CLIP_LENGTHS, FewShotDataset, LatentCache, check_dataset, clip_key, encode_clip, latent_entity_mask
+from .data import (CLIP_LENGTHS, FewShotDataset, LatentCache, check_dataset, clip_key, encode_clip, encoder_fingerprint,
+                   latent_entity_mask)
 from .lora import FFGO_TARGET_MODULES, WEIGHT_NAMES, save_lora, target_module_count
 from .io import write_json
 from .models import default_device, get_backbone, load_pipeline
@@ -105,7 +106,9 @@ def expert_timestep_range(expert: str, boundary_ratio: float, flow_shift: float)
 
 def sample_flow_inputs(batch: list[dict], sigmas, lo: int, hi: int, generator, device):
     """One flow-matching training input from cached clips: x0 sampled from the cached latent distribution,
-    x_t = (1-σ)·x0 + σ·ε with a uniform timestep index in ``[lo, hi)``, target ε − x0 (FFGo §4.3).
+    x_t = (1-σ)·x0 + σ·ε with a uniform timestep index in ``[lo, hi)``, target ε − x0 (FFGo §4.3). The posterior's
+    std is normalised like its mean, so x0 is a normalised posterior sample; VideoX-Fun, FFGo's trainer, adds the
+    raw std to the normalised mean instead.
     Returns the transformer's keyword arguments, the target, the loss mask (TI2V only) and σ."""
     def take(key):
         return torch.cat([b[key] for b in batch]).to(device)
@@ -260,7 +263,8 @@ LOG_FIELDS = ["step", "expert", "loss", "grad_norm", "sigma", "learning_rate", "
 # --------------------------------------------------------------------------------------------- the loop
 def encode_dataset(accelerator, pipe, config: TrainConfig) -> list[dict[str, torch.Tensor]]:
     dataset = FewShotDataset.load(config.manifest)
-    settings = dict(model=config.model, height=config.height, width=config.width, clip_length=config.clip_length)
+    settings = dict(model=config.model, height=config.height, width=config.width, clip_length=config.clip_length,
+                    encoders=encoder_fingerprint(pipe))
     problems = check_dataset(dataset, clip_frames(config), config.height, config.width,
                              need_masks=config.entity_loss_weight > 0)
     if problems:

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from ffstudy.data import (FewShotDataset, LatentCache, check_dataset, clip_key, encode_clip, resize_cover,
                           video_frames, video_tensor)
@@ -113,6 +114,25 @@ def test_cli_data_check(dataset, tmp_path, capsys):
     assert "nowhere.mp4" in out and "has 17 frames, training needs 40" in out
     assert main(["data", "check", str(manifest), "--frames", "17", "--masks"]) == 1
     assert "clip_000): no entity masks given" in capsys.readouterr().out
+
+
+def test_the_encoder_fingerprint_changes_with_any_encoder_weight(tiny_pipe):
+    """The latent cache's key carries it: a cache must not outlive new VAE or text-encoder weights under the same
+    model name."""
+    from ffstudy.data import encoder_fingerprint
+
+    pipe = tiny_pipe()
+    first = encoder_fingerprint(pipe)
+    assert first == encoder_fingerprint(pipe) and len(first) == 16
+    for module in (pipe.vae, pipe.text_encoder):
+        weight = next(module.parameters())
+        kept = weight.detach().clone()
+        with torch.no_grad():
+            weight[(0,) * weight.dim()] += 0.5
+            changed = encoder_fingerprint(pipe)
+            weight.copy_(kept)
+        assert changed != first
+    assert encoder_fingerprint(pipe) == first
 
 
 def test_latent_cache_is_keyed_by_content(dataset, tiny_pipe, tmp_path):

@@ -171,6 +171,25 @@ def test_both_vae_layouts_compress_4x8x8_and_train_on_what_diffusers_decodes(res
     assert AutoencoderKLWan.from_pretrained(tmp_path).config.is_residual is residual
 
 
+def test_the_vae_stage_leaves_a_point_posterior_so_sampling_it_gives_the_trained_latents():
+    """The VAE trains on its posterior's mode, so its log-variance is untrained; FFGo's trainer samples the posterior,
+    which must then return the mode itself (the mode is unchanged by pinning the log-variance)."""
+    from ffstudy.data import video_tensor
+    from ffstudy.spriteworld.pretrain import PretrainConfig, build_vae, collapse_posterior
+
+    assert not PretrainConfig().vae_point_posterior  # the recipe before it: a model's settings default to it
+    torch.manual_seed(0)
+    vae = build_vae(PretrainConfig()).eval()
+    x = video_tensor(generate_clip(5).frames[:5, :32, :32])[None]
+    with torch.no_grad():
+        before = vae.encode(x).latent_dist
+        collapse_posterior(vae)
+        after = vae.encode(x).latent_dist
+    assert before.std.min() > 0.5  # untrained: about 1, as large as the latents
+    assert torch.equal(after.mean, before.mean)
+    assert torch.allclose(after.sample(torch.Generator().manual_seed(0)), after.mean, atol=1e-5)
+
+
 def test_latent_entity_mask_follows_the_causal_vae_grid():
     """Latent frame 0 is pixel frame 0; latent frame i covers pixel frames 4i-3..4i; a cell is 8x8 pixels."""
     from ffstudy.data import latent_entity_mask

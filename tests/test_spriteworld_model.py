@@ -20,6 +20,20 @@ def test_the_model_folder_is_complete_and_small():
     assert f"{evaluation['vae_psnr_db']:.2f} dB" in card  # the card reports what was measured
 
 
+def test_the_shipped_vae_posterior_is_a_point_exactly_when_its_recipe_says_so():
+    """Trainers sample the posterior: with ``vae_point_posterior`` the samples are the latents themselves, without
+    it they carry the untrained log-variance's noise, which the transformer then learned to generate."""
+    import torch
+
+    from ffstudy.data import video_tensor
+
+    point = json.loads((SPRITEWORLD_DIR / "training.json").read_text())["config"].get("vae_point_posterior", False)
+    vae = load_pipeline("spriteworld").vae
+    with torch.no_grad():
+        posterior = vae.encode(video_tensor(generate_clip(3).frames[:5])[None]).latent_dist
+    assert bool(posterior.std.max() < 1e-5) is point and posterior.mean.abs().mean() > 0.1
+
+
 def test_the_shipped_model_was_trained_by_the_documented_recipe():
     """The card's command reproduces the weights only if the recipe in the repo is the one they were trained with:
     the shipped training.json must name the pretraining config file's values and the default world."""
