@@ -190,6 +190,17 @@ def test_the_vae_stage_leaves_a_point_posterior_so_sampling_it_gives_the_trained
     assert torch.allclose(after.sample(torch.Generator().manual_seed(0)), after.mean, atol=1e-5)
 
 
+def test_caption_dropout_swaps_whole_captions_for_the_unconditional_prompt():
+    from ffstudy.spriteworld.pretrain import drop_captions
+
+    captions, empty = torch.randn(64, 5, 3), torch.zeros(1, 5, 3)
+    dropped = drop_captions(captions, empty, 0.25, torch.Generator().manual_seed(0))
+    kept = (dropped == captions).flatten(1).all(1)
+    assert torch.equal(dropped[~kept], torch.zeros(int((~kept).sum()), 5, 3))  # whole captions, nothing mixed
+    assert 5 <= int((~kept).sum()) <= 30
+    assert torch.equal(drop_captions(captions, empty, 0.0, torch.Generator()), captions)
+
+
 def test_latent_entity_mask_follows_the_causal_vae_grid():
     """Latent frame 0 is pixel frame 0; latent frame i covers pixel frames 4i-3..4i; a cell is 8x8 pixels."""
     from ffstudy.data import latent_entity_mask

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import TrainingClip, encode_clip, latent_entity_mask, video_tensor
+from ..generate import WAN_NEGATIVE_PROMPT
 from ..models import ffgo_scheduler, tiny_text_encoder, tiny_tokenizer
 from ..train import entity_loss_weights, expert_timestep_range, masked_velocity_loss, sample_flow_inputs
 from .world import WorldConfig, generate_clip
@@ -61,6 +62,9 @@ class PretrainConfig:
     flow_shift: float = 3.0  # sampling shift for training sigmas (inference uses FFGo's 5)
     max_grad_norm: float = 1.0
     transformer_sprite_weight: float = 4.0  # extra loss weight on the latent cells a sprite covers in their frames
+    # share of training clips whose caption is replaced by generate()'s default negative prompt, which CFG's
+    # unconditional branch reads at inference (0: that branch is never trained)
+    transformer_caption_dropout: float = 0.0
     # share of the transformer's clips that cut to a new scene (None: the world's). It sets how readily the base
     # model cuts on its own, which is what FFGo's LoRA has to teach; the VAE stages always see the world's clips
     transformer_cut_probability: float | None = None
@@ -247,8 +251,18 @@ def encode_training_set(pipe, clips: list, config: PretrainConfig) -> list[dict]
     return encoded
 
 
+def drop_captions(prompt_embeds: torch.Tensor, empty: torch.Tensor, rate: float, generator) -> torch.Tensor:
+    """Replace each clip's caption embedding by ``empty`` (the unconditional prompt's) with probability ``rate``:
+    caption dropout, which trains the prediction that classifier-free guidance subtracts."""
+    drop = torch.rand(len(prompt_embeds), generator=generator) < rate
+    return torch.where(drop.view(-1, 1, 1), empty.expand_as(prompt_embeds), prompt_embeds)
+
+
 def train_transformer(pipe, encoded: list[dict], config: PretrainConfig, log: list) -> None:
     transformer = pipe.transformer
+    if config.transformer_caption_dropout:  # CFG's unconditional branch reads generate()'s negative prompt
+        empty = pipe.encode_prompt(WAN_NEGATIVE_PROMPT, do_classifier_free_guidance=False,
+                                   max_sequence_length=config.max_sequence_length, device="cpu")[0].detach()
     transformer.train()
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.transformer_lr, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.transformer_lr,
@@ -259,6 +273,9 @@ def train_transformer(pipe, encoded: list[dict], config: PretrainConfig, log: li
         batch = [encoded[int(i)] for i in torch.randint(len(encoded), (config.transformer_batch,),
                                                         generator=generator)]
         inputs, target, _, _ = sample_flow_inputs(batch, sigmas, lo, hi, generator, "cpu")
+        if config.transformer_caption_dropout:
+            inputs["encoder_hidden_states"] = drop_captions(inputs["encoder_hidden_states"], empty,
+                                                            config.transformer_caption_dropout, generator)
         weight = entity_loss_weights(batch, config.transformer_sprite_weight, "cpu")
         loss = masked_velocity_loss(transformer(**inputs, return_dict=False)[0], target, 50.0, weight=weight)
         optimizer.zero_grad()
