@@ -16,14 +16,13 @@ variant.
 
 ``--guidance-scales 2 2.5`` measures at those CFG scales instead of the backbone's (SpriteWorld: 1).
 
-About 11 min encoding, 28 min training, 4 min measuring per CFG scale (2-core CPU, 5 with CFG). ``--save`` writes a complete model folder
-(the shipped one with this transformer, its settings, time, loss and log in training.json / training_log.jsonl;
-no model card or evaluation: run ``ffstudy spriteworld evaluate`` on it).
+About 11 min encoding, 28 min training, 4 min measuring per CFG scale (2-core CPU, 5 with CFG). ``--save`` writes
+a complete model folder (the shipped one with this transformer, its settings, time, loss and log in training.json /
+training_log.jsonl; no model card or evaluation: run ``ffstudy spriteworld evaluate`` on it).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -114,15 +113,16 @@ def main() -> None:
     shipped.transformer = pipe.transformer
     if args.save:
         save_model(shipped, shipped_dir, args.save, {**record, "log": log}, vae_record)
+    print(json.dumps(record, indent=1), flush=True)  # then each CFG scale's measurements as they finish
     composites = [generate_clip(HELDOUT_SEED0 + i, WorldConfig(), cut=False) for i in range(args.videos)]
-    backbone = shipped.ffstudy_backbone
-    for scale in args.guidance_scales or [backbone.guidance_scale]:
-        shipped.ffstudy_backbone = dataclasses.replace(backbone, guidance_scale=scale)  # what generate() samples with
-        suffix = "" if scale == backbone.guidance_scale else f"_cfg_{scale:g}"
-        record[f"base_model_on_composites{suffix}"] = mean_scores(shipped, composites, 20, WorldConfig())
-        record[f"generation{suffix}"] = generation_metrics(shipped, range(EVAL_SEED0, EVAL_SEED0 + args.videos))
-        print(json.dumps({k: v for k, v in record.items() if k.endswith(suffix)} if suffix else record), flush=True)
-    shipped.ffstudy_backbone = backbone
+    default = shipped.ffstudy_backbone.guidance_scale
+    for scale in args.guidance_scales or [default]:
+        suffix = "" if scale == default else f"_cfg_{scale:g}"
+        measured = {f"base_model_on_composites{suffix}": mean_scores(shipped, composites, 20, WorldConfig(), scale),
+                    f"generation{suffix}": generation_metrics(shipped, range(EVAL_SEED0, EVAL_SEED0 + args.videos),
+                                                              guidance_scale=scale)}
+        record |= measured
+        print(json.dumps(measured, indent=1), flush=True)
     if args.record:
         write_json(args.record, {**record, "log": log})
 

@@ -148,17 +148,19 @@ def carried_train_seconds(previous: dict | None, key: str, n: int, folder: str) 
     return row["train_seconds"]
 
 
-def measure_clip(pipe, clip, inference_steps: int, world: WorldConfig) -> dict:
-    """Generate from the clip's composite at the training size and :func:`measure` the video."""
+def measure_clip(pipe, clip, inference_steps: int, world: WorldConfig, guidance_scale: float | None = None) -> dict:
+    """Generate from the clip's composite at the training size (CFG: the backbone's unless given) and
+    :func:`measure` the video."""
     composite = compose_first_frame(clip.cutouts, clip.background)
     video = generate(pipe, composite, clip.caption, num_inference_steps=inference_steps, seed=clip.seed,
-                     height=world.height, width=world.width, progress=False)
+                     height=world.height, width=world.width, guidance_scale=guidance_scale, progress=False)
     return measure(video, clip, fit_first_frame(composite, *video.frames.shape[1:3]).image)
 
 
-def mean_scores(pipe, clips: list, inference_steps: int, world: WorldConfig) -> dict:
+def mean_scores(pipe, clips: list, inference_steps: int, world: WorldConfig,
+                guidance_scale: float | None = None) -> dict:
     """Each of :func:`measure`'s scores averaged over the clips' composites: one row of the few-shot curve."""
-    scores = [measure_clip(pipe, clip, inference_steps, world) for clip in clips]
+    scores = [measure_clip(pipe, clip, inference_steps, world, guidance_scale) for clip in clips]
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
 
