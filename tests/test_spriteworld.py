@@ -6,7 +6,8 @@ from ffstudy.compose import compose_first_frame
 from ffstudy.probe import ProbeResult
 from ffstudy.spriteworld import COLOURS, WorldConfig, generate_clip
 from ffstudy.spriteworld.metrics import (colour_mask, entity_persistence, first_frame_entities, masked_psnr,
-                                         motion_check, psnr, retrieval_accuracy, sprite_present, token_labels)
+                                         motion_check, psnr, retrieval_accuracy, share_interval, sprite_present,
+                                         token_labels)
 from ffstudy.spriteworld.world import SpriteSpec, sprite_sizes
 
 
@@ -81,6 +82,19 @@ def test_psnr_known_values():
     a = np.zeros((4, 4, 3), np.uint8)
     assert psnr(a, a) == float("inf")
     assert psnr(a, a + 1) == pytest.approx(48.13, abs=0.01)
+
+
+def test_share_interval_known_values():
+    """Wilson's interval in closed form at the ends (0 of n: [0, z²/(n + z²)]) and a worked value (35 of 40)."""
+    assert share_interval(0.0, 10) == pytest.approx((0.0, 1.96 ** 2 / (10 + 1.96 ** 2)))
+    assert share_interval(1.0, 10) == pytest.approx((10 / (10 + 1.96 ** 2), 1.0))
+    assert share_interval(0.875, 40) == pytest.approx((0.739, 0.945), abs=5e-4)
+    low, high = share_interval(0.9, 40)
+    assert low < 0.875 < high  # one video either way is inside the interval
+    with pytest.raises(ValueError, match="trials=0"):
+        share_interval(0.5, 0)
+    with pytest.raises(ValueError, match="share=1.5"):
+        share_interval(1.5, 40)
 
 
 def test_masked_psnr_separates_sprite_and_scene_errors():

@@ -20,6 +20,22 @@ def test_the_model_folder_is_complete_and_small():
     assert f"{evaluation['vae_psnr_db']:.2f} dB" in card  # the card reports what was measured
 
 
+def test_the_card_gives_each_goal_share_its_interval():
+    """Persistence and retention are shares of 40 or 80 videos: the card quotes them with their Wilson intervals."""
+    from ffstudy.spriteworld.metrics import share_interval
+
+    card = (SPRITEWORLD_DIR / "README.md").read_text()
+    generation = json.loads((SPRITEWORLD_DIR / "evaluation.json").read_text())["generation"]
+    shares = [(generation["persistence"], generation["videos"])]
+    for name in ("experiment.json", "experiment-check.json"):
+        results = json.loads((SPRITEWORLD_DIR / name).read_text())
+        first, last = results["heldout_seeds"]
+        shares += [(r["retention"], last - first + 1) for r in results["runs"].values()]
+    for share, trials in shares:
+        low, high = share_interval(share, trials)
+        assert f"| {share:.1%} ({low:.0%}–{high:.0%}) |" in card
+
+
 def test_the_shipped_vae_posterior_is_a_point_exactly_when_its_recipe_says_so():
     """Trainers sample the posterior: with ``vae_point_posterior`` the samples are the latents themselves, without
     it they carry the untrained log-variance's noise, which the transformer then learned to generate."""

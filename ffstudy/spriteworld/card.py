@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..io import atomic_path, write_json
-from .metrics import COLOUR_TOLERANCE
+from .metrics import COLOUR_TOLERANCE, share_interval
 from .world import COLOURS
 
 
@@ -19,6 +19,12 @@ def _goal(value, goal, higher=True) -> str:
 
 def _share(value) -> str:
     return "n/a" if value is None else f"{value:.1%}"
+
+
+def _share_interval(share: float, trials: int) -> str:
+    """A measured share with its 95 % Wilson interval, so a goal missed or met by one video reads as such."""
+    low, high = share_interval(share, trials)
+    return f"{share:.1%} ({low:.0%}–{high:.0%})"
 
 
 def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> str:
@@ -100,7 +106,7 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
 | VAE reconstruction PSNR (20 clips) | {e['vae_psnr_db']:.2f} dB | ≥ 28 dB: {_goal(e['vae_psnr_db'], 28)} |
 | the same, sprite pixels only / scene pixels only | {e['vae_psnr_sprites_db']:.2f} dB / {e['vae_psnr_scene_db']:.2f} dB | |
 | sprite colours that survive the VAE (within the identification tolerance) | {kept} of {len(palette)} | |
-| entity persistence: every first-frame sprite identifiable in the last frame ({gen['videos']} generated videos, 20 steps, CFG {gen['guidance_scale']:g}, shift {gen['flow_shift']:g}) | {gen['persistence']:.1%} | ≥ 90%: {_goal(gen['persistence'], 0.9)} |
+| entity persistence: every first-frame sprite identifiable in the last frame ({gen['videos']} generated videos, 20 steps, CFG {gen['guidance_scale']:g}, shift {gen['flow_shift']:g}) | {_share_interval(gen['persistence'], gen['videos'])} | ≥ 90%: {_goal(gen['persistence'], 0.9)} |
 | the same on the real clips / on their plain VAE round trips (what the VAE alone keeps; not a bound: generated latents can decode cleaner) | {gen['persistence_real_clips']:.1%} / {gen['persistence_vae_round_trip']:.1%} | |
 | motion: sprites whose colour centroid moves > 1 px, first to last frame | {gen['moved']:.1%} | stated share |
 | motion: drifting sprites ({gen['drifting_sprites']}) moving the way the caption says | {direction} | stated share |
@@ -125,7 +131,8 @@ because the background covers most of the frame and collects most of any evenly 
 
 How these were measured: `ffstudy spriteworld evaluate` (`ffstudy/spriteworld/evaluate.py`); persistence and motion
 identify sprites by their ground-truth colours (scenes are muted, sprite colours saturated and distinct), within an
-RGB distance of {COLOUR_TOLERANCE:g}.
+RGB distance of {COLOUR_TOLERANCE:g}. In brackets after a share: its 95% Wilson score interval over the videos
+measured (`share_interval`), since one video of {gen['videos']} moves a share by {1 / gen['videos']:.1%}.
 
 ### The weak part: the VAE
 
@@ -144,9 +151,14 @@ against {gen['persistence_real_clips']:.1%} for the clips themselves.
 """
 
 
-def experiment_rows(runs: dict) -> str:
+def _composites(results: dict) -> int:
+    first, last = results["heldout_seeds"]
+    return last - first + 1
+
+
+def experiment_rows(runs: dict, composites: int) -> str:
     return "\n".join(
-        f"| {n} | {r['retention']:.1%} | {r['present']:.1%} | {r['final_in_scene']:.1%} "
+        f"| {n} | {_share_interval(r['retention'], composites)} | {r['present']:.1%} | {r['final_in_scene']:.1%} "
         f"| {r['background_psnr']:.1f} dB | {r['clean']:.1%} | {r['train_seconds']:.0f} s |"
         for n, r in sorted(runs.items(), key=lambda kv: int(kv[0])))
 
@@ -192,7 +204,7 @@ The same LoRAs trained with FFGo's plain loss (`entity_loss_weight: 0`; same exa
 same baseline):
 
 {header}
-{experiment_rows(experiment["plain_loss_runs"])}
+{experiment_rows(experiment["plain_loss_runs"], _composites(experiment))}
 """
     return f"""
 ## The miniature FFGo experiment
@@ -200,13 +212,13 @@ same baseline):
 `python -m ffstudy.spriteworld.experiment` (`ffstudy/spriteworld/experiment.py`): for each N, N SpriteWorld
 composite→scene examples (seeds from {experiment['fewshot_seeds_start']}) and an FFGo LoRA trained on them with
 `configs/spriteworld-cpu.yaml` for {experiment['steps']} steps; N = 0 is no LoRA, the trigger phrase only. The loss is
-{loss}. Each LoRA generated from {experiment['heldout_seeds'][1] - experiment['heldout_seeds'][0] + 1} held-out
+{loss}. Each LoRA generated from {_composites(experiment)} held-out
 composites (seeds {experiment['heldout_seeds'][0]}–{experiment['heldout_seeds'][1]}) with {experiment['inference_steps']}
 steps and {sampler}, measured after dropping the 4 transition frames. Training and generation ran on
 {device_of(experiment)}; training time includes writing and encoding the examples.{resumed}
 
 {header}
-{experiment_rows(runs)}
+{experiment_rows(runs, _composites(experiment))}
 
 Goals: {verdict}.
 {plain}"""
@@ -217,8 +229,9 @@ def render_check(check: dict, experiment: dict | None = None) -> str:
     checks, to say whether its LoRAs are the same tensor for tensor: only when both ran on the same device)."""
     first, last = check["heldout_seeds"]
     losses = (("runs", f"weight {check['entity_loss_weight']:g}"), ("plain_loss_runs", "plain loss"))
-    rows = "\n".join(f"| {label if int(n) else 'no LoRA'} | {n} | {r['retention']:.1%} | {r['final_in_scene']:.1%} "
-                     f"| {r['background_psnr']:.1f} dB | {r['clean']:.1%} |" for key, label in losses
+    rows = "\n".join(f"| {label if int(n) else 'no LoRA'} | {n} "
+                     f"| {_share_interval(r['retention'], _composites(check))} | {r['final_in_scene']:.1%} | {r['background_psnr']:.1f} dB | {r['clean']:.1%} |"
+                     for key, label in losses
                      for n, r in sorted(check.get(key, {}).items(), key=lambda kv: int(kv[0])))
     goals = retention_goals({int(n): r for n, r in check["runs"].items()})
     verdict = f"\nGoals, measured here: {goals}.\n" if goals else ""
