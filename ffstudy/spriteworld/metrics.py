@@ -25,7 +25,7 @@ def share_interval(share: float, trials: int, z: float = 1.96) -> tuple[float, f
     denominator = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denominator
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
 def psnr(reference: np.ndarray, test: np.ndarray) -> float:
