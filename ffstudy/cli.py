@@ -250,7 +250,8 @@ def cmd_spriteworld(args) -> int:
     if args.sw_command == "evaluate":
         from .spriteworld.card import main as card_main
 
-        return card_main(["--model", args.model_dir, "--videos", str(args.videos)] + (["--reuse"] if args.reuse else []))
+        videos = [] if args.videos is None else ["--videos", str(args.videos)]
+        return card_main(["--model", args.model_dir, *videos] + (["--reuse"] if args.reuse else []))
     if args.sw_command == "fewshot":
         from .spriteworld.fewshot import write_fewshot_dataset
 
@@ -372,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="data/models/spriteworld-i2v")
     q = sw.add_parser("evaluate", help="measure the model on held-out seeds and write its model card")
     q.add_argument("--model-dir", default="data/models/spriteworld-i2v")
-    q.add_argument("--videos", type=int, default=40)
+    q.add_argument("--videos", type=int, help="held-out clips to generate from (default: the card's 120)")
     q.add_argument("--reuse", action="store_true", help="re-render the card from the saved evaluation.json")
     p.set_defaults(func=cmd_spriteworld)
 

@@ -108,7 +108,7 @@ print("colours within the identification tolerance after the VAE:",
 # %% [markdown]
 # Every sprite colour comes back within the tolerance the metrics use, so the check above can find each sprite by
 # its ground-truth colour. But the sprites' sharp edges come back blurred: their pixels score well below the
-# scene's. The model card measured what that costs on its 40 held-out clips (`evaluation.json`, beside the weights):
+# scene's. The model card measured what that costs on its held-out clips (`evaluation.json`, beside the weights):
 
 # %%
 import json
@@ -118,7 +118,7 @@ from ffstudy.models import SPRITEWORLD_DIR
 card = json.loads((SPRITEWORLD_DIR / "evaluation.json").read_text())["generation"]
 print(f"every sprite still identifiable in the last frame: {card['persistence_real_clips']:.1%} of the real clips, "
       f"{card['persistence_vae_round_trip']:.1%} of their plain VAE round trips, {card['persistence']:.1%} of "
-      f"generated videos (CFG {card['guidance_scale']:g})")
+      f"generated videos (CFG {card['guidance_scale']:g}; {card['videos']} clips)")
 
 # %% [markdown]
 # So the persistence check measures this VAE as well as the transformer: a generated video cannot keep a sprite the

@@ -315,5 +315,7 @@ def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     assert f"{gen['persistence_real_clips']:.1%} / {gen['persistence_vae_round_trip']:.1%}" in text
     assert gen["persistence_real_clips"] == 1.0  # seed 1,000,000's shrinking diamond included (test below)
     assert (gen["guidance_scale"], evaluation["generation_cfg_6"]["guidance_scale"]) == (1.0, 6.0)
-    assert f"CFG 1, shift 5) | {gen['persistence']:.1%} |" in text and "when sampled with FFGo's CFG 6" in text
+    low, high = share_interval(gen["persistence"], gen["videos"])
+    assert f"CFG 1, shift 5) | {gen['persistence']:.1%} ({low:.0%}–{high:.0%}) |" in text
+    assert "when sampled with FFGo's CFG 6" in text
     assert set(evaluation["probe"]["per_block"]) == set(evaluation["probe"]["per_block_per_token"]) == {"0"}

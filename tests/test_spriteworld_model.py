@@ -36,6 +36,21 @@ def test_the_card_gives_each_goal_share_its_interval():
         assert f"| {share:.1%} ({low:.0%}–{high:.0%}) |" in card
 
 
+def test_the_shipped_card_is_exactly_what_its_measurements_render(tmp_path):
+    """A card edited by hand, or left stale beside new measurements, differs from ``evaluate --reuse``'s rendering
+    (run here through the CLI on a copy, so the shipped folder is never written)."""
+    import shutil
+
+    from ffstudy.cli import main
+
+    copy = tmp_path / "spriteworld-i2v"
+    shutil.copytree(SPRITEWORLD_DIR, copy)
+    shipped = (SPRITEWORLD_DIR / "README.md").read_bytes()
+    (copy / "README.md").write_bytes(b"x" * len(shipped))  # stale, and the same size: the card quotes the folder's
+    assert main(["spriteworld", "evaluate", "--model-dir", str(copy), "--reuse"]) == 0
+    assert (copy / "README.md").read_bytes() == shipped
+
+
 def test_the_shipped_vae_posterior_is_a_point_exactly_when_its_recipe_says_so():
     """Trainers sample the posterior: with ``vae_point_posterior`` the samples are the latents themselves, without
     it they carry the untrained log-variance's noise, which the transformer then learned to generate."""

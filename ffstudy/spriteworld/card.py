@@ -264,7 +264,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="ffstudy spriteworld evaluate", description=__doc__)
     parser.add_argument("--model", default="data/models/spriteworld-i2v")
-    parser.add_argument("--videos", type=int, default=40)
+    parser.add_argument("--videos", type=int, default=120, help="held-out clips to generate from")
     parser.add_argument("--reuse", action="store_true", help="re-render the card from evaluation.json")
     args = parser.parse_args(argv)
     folder = Path(args.model)

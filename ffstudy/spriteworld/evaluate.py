@@ -139,7 +139,7 @@ def generation_seconds(pipe, world: WorldConfig = WorldConfig(), steps: int = 20
     return float(min(times))
 
 
-def evaluate(pipe, videos: int = 40, probe_clips: int = 20) -> dict:
+def evaluate(pipe, videos: int = 120, probe_clips: int = 20) -> dict:
     """Everything the model card reports; generation also at FFGo's CFG 6, what Wan samples with."""
     seeds = range(EVAL_SEED0, EVAL_SEED0 + videos)
     vae = vae_psnr(pipe, seeds[:20])
