@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="data/models/spriteworld-i2v")
     q = sw.add_parser("evaluate", help="measure the model on held-out seeds and write its model card")
     q.add_argument("--model-dir", default="data/models/spriteworld-i2v")
-    q.add_argument("--videos", type=int, help="held-out clips to generate from (default: the card's 120)")
+    q.add_argument("--videos", type=int, help="held-out clips to generate from (default: the card's number)")
     q.add_argument("--reuse", action="store_true", help="re-render the card from the saved evaluation.json")
     p.set_defaults(func=cmd_spriteworld)
 

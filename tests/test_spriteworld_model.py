@@ -21,7 +21,7 @@ def test_the_model_folder_is_complete_and_small():
 
 
 def test_the_card_gives_each_goal_share_its_interval():
-    """Persistence and retention are shares of 40 or 80 videos: the card quotes them with their Wilson intervals."""
+    """Persistence and retention are shares of 40 to 120 videos: the card quotes them with their Wilson intervals."""
     from ffstudy.spriteworld.metrics import share_interval
 
     card = (SPRITEWORLD_DIR / "README.md").read_text()

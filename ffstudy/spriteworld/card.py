@@ -188,7 +188,7 @@ def _resumed(results: dict) -> str:
 
 def render_experiment(experiment: dict) -> str:
     runs = {int(n): r for n, r in experiment["runs"].items()}
-    verdict = retention_goals(runs)
+    verdict, composites = retention_goals(runs), _composites(experiment)
     weight = experiment.get("entity_loss_weight", 0.0)
     header = ("| N | entity retention (in the scene) | sprites present anywhere | final frame is the scene "
               "| background fidelity (PSNR vs plate, scene pixels) | clean transition (first kept frame is the scene) "
@@ -204,7 +204,7 @@ The same LoRAs trained with FFGo's plain loss (`entity_loss_weight: 0`; same exa
 same baseline):
 
 {header}
-{experiment_rows(experiment["plain_loss_runs"], _composites(experiment))}
+{experiment_rows(experiment["plain_loss_runs"], composites)}
 """
     return f"""
 ## The miniature FFGo experiment
@@ -212,13 +212,13 @@ same baseline):
 `python -m ffstudy.spriteworld.experiment` (`ffstudy/spriteworld/experiment.py`): for each N, N SpriteWorld
 composite→scene examples (seeds from {experiment['fewshot_seeds_start']}) and an FFGo LoRA trained on them with
 `configs/spriteworld-cpu.yaml` for {experiment['steps']} steps; N = 0 is no LoRA, the trigger phrase only. The loss is
-{loss}. Each LoRA generated from {_composites(experiment)} held-out
+{loss}. Each LoRA generated from {composites} held-out
 composites (seeds {experiment['heldout_seeds'][0]}–{experiment['heldout_seeds'][1]}) with {experiment['inference_steps']}
 steps and {sampler}, measured after dropping the 4 transition frames. Training and generation ran on
 {device_of(experiment)}; training time includes writing and encoding the examples.{resumed}
 
 {header}
-{experiment_rows(runs, _composites(experiment))}
+{experiment_rows(runs, composites)}
 
 Goals: {verdict}.
 {plain}"""
@@ -227,10 +227,11 @@ Goals: {verdict}.
 def render_check(check: dict, experiment: dict | None = None) -> str:
     """The tuned setting re-measured on composites that played no part in choosing it (``experiment``: the run it
     checks, to say whether its LoRAs are the same tensor for tensor: only when both ran on the same device)."""
-    first, last = check["heldout_seeds"]
+    (first, last), composites = check["heldout_seeds"], _composites(check)
     losses = (("runs", f"weight {check['entity_loss_weight']:g}"), ("plain_loss_runs", "plain loss"))
     rows = "\n".join(f"| {label if int(n) else 'no LoRA'} | {n} "
-                     f"| {_share_interval(r['retention'], _composites(check))} | {r['final_in_scene']:.1%} | {r['background_psnr']:.1f} dB | {r['clean']:.1%} |"
+                     f"| {_share_interval(r['retention'], composites)} | {r['final_in_scene']:.1%} "
+                     f"| {r['background_psnr']:.1f} dB | {r['clean']:.1%} |"
                      for key, label in losses
                      for n, r in sorted(check.get(key, {}).items(), key=lambda kv: int(kv[0])))
     goals = retention_goals({int(n): r for n, r in check["runs"].items()})
@@ -243,9 +244,9 @@ def render_check(check: dict, experiment: dict | None = None) -> str:
 ### Checked on composites not used for tuning
 
 The loss weight and step count above were chosen against those held-out composites. The same LoRAs ({retrained}) on
-{last - first + 1} other composites (seeds {first}–{last}),
+{composites} other composites (seeds {first}–{last}),
 `python -m ffstudy.spriteworld.experiment --sizes {",".join(str(n) for n in check["sizes"])}{plain}
---first-heldout {first} --heldout {last - first + 1} --results data/models/spriteworld-i2v/experiment-check.json`,
+--first-heldout {first} --heldout {composites} --results data/models/spriteworld-i2v/experiment-check.json`,
 sampled with {_sampler(check)}.{_resumed(check)}
 
 | loss | N | entity retention | final frame is the scene | background PSNR | clean transition |
@@ -260,11 +261,11 @@ def main(argv=None) -> int:
     import torch
 
     from ..models import load_pipeline
-    from .evaluate import evaluate
+    from .evaluate import EVALUATION_VIDEOS, evaluate
 
     parser = argparse.ArgumentParser(prog="ffstudy spriteworld evaluate", description=__doc__)
     parser.add_argument("--model", default="data/models/spriteworld-i2v")
-    parser.add_argument("--videos", type=int, default=120, help="held-out clips to generate from")
+    parser.add_argument("--videos", type=int, default=EVALUATION_VIDEOS, help="held-out clips to generate from")
     parser.add_argument("--reuse", action="store_true", help="re-render the card from evaluation.json")
     args = parser.parse_args(argv)
     folder = Path(args.model)
