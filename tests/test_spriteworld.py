@@ -132,6 +132,15 @@ def test_token_labels_and_retrieval_accuracy_on_a_hand_made_result():
     assert retrieval_accuracy(result, clip, per="token") == {0: 1.0}
     with pytest.raises(ValueError, match="per="):
         retrieval_accuracy(result, clip, per="pixel")
+    # per head: head 0 retrieves right, head 1 has the sprites swapped; the mean over heads is what entity_mass holds
+    with pytest.raises(ValueError, match="per_head=True"):
+        retrieval_accuracy(result, clip, head=0)
+    result.head_entity_mass = np.stack([right, right[..., [1, 0, 2, 3]]], axis=1)
+    result.entity_mass = result.head_entity_mass.mean(1)
+    assert retrieval_accuracy(result, clip, head=0) == {0: 1.0}
+    assert retrieval_accuracy(result, clip, head=1) == {0: 0.0}
+    with pytest.raises(ValueError, match="heads 0–1"):
+        retrieval_accuracy(result, clip, head=2)
 
 
 def test_cli_writes_a_clip_and_a_fewshot_dataset(tmp_path, capsys):

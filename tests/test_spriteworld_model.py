@@ -118,6 +118,32 @@ def test_loads_offline_and_generates_on_cpu_deterministically():
     assert guided.settings["guidance_scale"] == 6.0 and not np.array_equal(a.frames, guided.frames)
 
 
+def test_the_first_frame_pin_benchmark_ends_on_the_condition_latent_and_unpatches():
+    """benchmarks/pin_first_frame.py reports persistence with latent frame 0 pinned: the pinned run must end with
+    exactly the pipeline's own conditioning latent in frame 0, and leave the pipeline class as it found it."""
+    import torch
+    from PIL import Image
+
+    from benchmarks.pin_first_frame import pinned_first_frame
+
+    pipe = load_pipeline("spriteworld")
+    clip = generate_clip(1_000_002, cut=False)
+    plain_call = type(pipe).__call__
+    kwargs = dict(image=Image.fromarray(clip.frames[0]), prompt=clip.caption, height=96, width=160, num_frames=17,
+                  num_inference_steps=3, guidance_scale=1.0, output_type="latent",
+                  generator=torch.Generator().manual_seed(0))
+    conditions = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, k: conditions.append(k["hidden_states"][:, 20:, :1].clone()), with_kwargs=True)
+    with pinned_first_frame(pipe):
+        pinned = pipe(**kwargs).frames
+    hook.remove()
+    assert type(pipe).__call__ is plain_call
+    assert torch.equal(pinned[:, :, :1], conditions[0])
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    assert not torch.allclose(pipe(**kwargs).frames[:, :, :1], conditions[0], atol=1e-2)  # unpinned: denoised
+
+
 def test_the_pretrained_model_reads_each_sprite_from_the_first_frame():
     """Real, not random, behaviour: later-frame tokens on sprite k read sprite k in frame 0 (per token of area)
     well above chance; a freshly initialised transformer of the same architecture does not."""

@@ -104,11 +104,12 @@ def generation_metrics(pipe, seeds, steps: int = 20, world: WorldConfig = WorldC
 
 
 @torch.no_grad()
-def probe_clip(pipe, clip, sigma: float, seed: int = 0):
-    """One teacher-forced denoising pass over ``clip`` noised to ``sigma``, with the probe on every block."""
+def probe_clip(pipe, clip, sigma: float, seed: int = 0, per_head: bool = False):
+    """One teacher-forced denoising pass over ``clip`` noised to ``sigma``, with the probe on every block
+    (``per_head``: also keeping each head's entity masses)."""
     encoded = encode_clip(pipe, TrainingClip(clip.frames, clip.caption, None), pipe.ffstudy_backbone.max_sequence_length)
     inputs, *_ = sample_flow_inputs([encoded], torch.tensor([sigma]), 0, 1, torch.Generator().manual_seed(seed), "cpu")
-    with FirstFrameProbe(pipe.transformer, first_frame_entities(clip)) as probe:
+    with FirstFrameProbe(pipe.transformer, first_frame_entities(clip), per_head=per_head) as probe:
         pipe.transformer(**inputs, return_dict=False)
     return probe.result
 

@@ -103,14 +103,24 @@ def token_labels(mask: np.ndarray, rows: int, cols: int, threshold: float = 0.5)
     return np.where(share.max(0) >= threshold, best, 0)
 
 
-def retrieval_accuracy(result, clip: Clip, temporal_stride: int = 4, per: str = "entity") -> dict[int, float]:
+def retrieval_accuracy(result, clip: Clip, temporal_stride: int = 4, per: str = "entity",
+                       head: int | None = None) -> dict[int, float]:
     """Per probed block: over later-frame tokens covered by sprite k (ground truth), the share whose first-frame
     choice is sprite k. ``per="entity"`` chooses the entity receiving the most attention mass (the background,
     being most of the frame, wins ties of attention spread evenly); ``per="token"`` divides each entity's mass by
-    its token area first, so it asks which entity is read most *densely*. ``result`` must come from a probe whose
-    composite is :func:`first_frame_entities` of ``clip`` (entity i ↔ sprite i)."""
+    its token area first, so it asks which entity is read most *densely*. ``head``: one attention head's mass
+    instead of the mean over heads (the probe must have run with ``per_head=True``). ``result`` must come from a
+    probe whose composite is :func:`first_frame_entities` of ``clip`` (entity i ↔ sprite i)."""
     if per not in ("entity", "token"):
         raise ValueError(f"per={per!r}: use 'entity' (total mass) or 'token' (mass per token of area)")
+    mass = result.entity_mass
+    if head is not None:
+        if result.head_entity_mass is None:
+            raise ValueError(f"head={head}: this result has no per-head masses; probe with per_head=True")
+        heads = result.head_entity_mass.shape[1]
+        if not 0 <= head < heads:
+            raise ValueError(f"head={head}: the probed blocks have heads 0–{heads - 1}")
+        mass = result.head_entity_mass[:, head]
     f, h, w = result.grid
     labels = np.stack([token_labels(clip.masks[min(t * temporal_stride, len(clip.masks) - 1)], h, w)
                        for t in range(1, f)]).reshape(f - 1, h * w)
@@ -124,6 +134,6 @@ def retrieval_accuracy(result, clip: Clip, temporal_stride: int = 4, per: str = 
     accuracy = {}
     for block in sorted({r["block"] for r in result.records}):
         keep = result.select(blocks=block)
-        chosen = (result.entity_mass[keep].mean(0) / area).argmax(-1) + 1  # entity i -> sprite i + 1
+        chosen = (mass[keep].mean(0) / area).argmax(-1) + 1  # entity i -> sprite i + 1
         accuracy[block] = float((chosen[covered] == labels[covered]).mean())
     return accuracy

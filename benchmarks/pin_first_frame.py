@@ -1,0 +1,117 @@
+"""Does pinning latent frame 0 to the conditioning image help the SpriteWorld model keep its sprites?
+
+`persistence_failures.py` found that every video the shipped model fails loses its sprite in frame 0 already: the
+Wan2.2-I2V-A14B layout denoises frame 0 from the conditioning latent instead of copying it. This script tests the
+obvious remedy at sampling time. After every denoising step a diffusers ``callback_on_step_end`` puts latent frame 0
+back on its straight flow path from the initial noise ε to the conditioning latent c, x_σ = (1 − σ)·c + σ·ε, so the
+last step leaves exactly c there (Wan2.2-TI2V-5B keeps its first frame by construction). c and ε are read from the
+transformer's 36-channel input at the first step (16 noisy channels, 4 mask channels, 16 condition channels).
+
+Persistence is measured as the model card measures it (the same generation, CFG 1, shift 5, 20 steps, and the same
+check), with and without the pin, on seeds that played no part in choosing anything (default 1,200,000–1,200,059),
+and the failing videos are named as ``persistence_failures.py`` names them.
+
+    .venv/bin/python benchmarks/pin_first_frame.py       # about 12 min on the 2-core CPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import contextmanager
+
+import torch
+
+from ffstudy.models import load_pipeline
+from ffstudy.spriteworld.evaluate import generate_from_first_frame, reconstruct
+from ffstudy.spriteworld.metrics import entity_persistence
+from ffstudy.spriteworld.world import WorldConfig, generate_clip
+
+
+class FirstFramePin:
+    """``callback_on_step_end`` that keeps latent frame 0 on the straight path from ε to the condition c."""
+
+    tensor_inputs = ["latents"]
+
+    def __init__(self, transformer, z_dim: int):
+        self.z_dim, self.noise, self.condition = z_dim, None, None
+        self.hook = transformer.register_forward_pre_hook(self.read_input, with_kwargs=True)
+
+    def read_input(self, module, args, kwargs):
+        if self.condition is None:  # the first call: its noisy channels are still the initial noise
+            hidden = kwargs["hidden_states"]
+            self.noise = hidden[:, :self.z_dim, :1].clone()
+            self.condition = hidden[:, self.z_dim + 4:, :1].clone()
+
+    def __call__(self, pipe, step, timestep, tensors):
+        sigma = pipe.scheduler.sigmas[pipe.scheduler.step_index]  # the noise level the step just reached
+        latents = tensors["latents"].clone()
+        latents[:, :, :1] = (1 - sigma) * self.condition + sigma * self.noise
+        return {"latents": latents}
+
+
+@contextmanager
+def pinned_first_frame(pipe):
+    """Every call of ``pipe``'s class samples with a fresh :class:`FirstFramePin` while this is open (``generate``
+    calls the pipeline itself, so the callback goes in here)."""
+    cls = type(pipe)
+    plain_call = cls.__call__
+
+    def call_with_pin(self, *args, **kwargs):
+        pin = FirstFramePin(self.transformer, self.vae.config.z_dim)
+        try:
+            return plain_call(self, *args, callback_on_step_end=pin, **kwargs)
+        finally:
+            pin.hook.remove()
+
+    cls.__call__ = call_with_pin
+    try:
+        yield
+    finally:
+        cls.__call__ = plain_call
+
+
+@torch.no_grad()
+def failing_seeds(pipe, seeds, world: WorldConfig = WorldConfig()) -> dict:
+    """Seeds whose generated video fails persistence, whose generated frame 0 already fails, and whose plain VAE
+    round trip fails (as ``persistence_failures.py`` names them)."""
+    found = {"generated": [], "frame_0": [], "round_trip": []}
+    for seed in seeds:
+        clip = generate_clip(seed, world, cut=False)
+        video = generate_from_first_frame(pipe, clip, seed, world=world).frames
+        for key, frames, frame in (("generated", video, -1), ("frame_0", video, 0),
+                                   ("round_trip", reconstruct(pipe.vae, clip.frames), -1)):
+            if not entity_persistence(frames, clip.sprites, frame=frame):
+                found[key].append(seed - seeds.start)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--first-seed", type=int, default=1_200_000)
+    parser.add_argument("--videos", type=int, default=60)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    pipe = load_pipeline("spriteworld")
+    pipe.set_progress_bar_config(disable=True)
+    seeds = range(args.first_seed, args.first_seed + args.videos)
+    print(f"seeds {seeds.start}–{seeds.stop - 1} (+k below is seed {seeds.start} + k)\n"
+          "| frame 0 | persistence | videos that fail | of which frame 0 fails | round trip fails too | seconds |\n"
+          "|---|---|---|---|---|---|")
+    for pin in (False, True):
+        started = time.perf_counter()
+        if pin:
+            with pinned_first_frame(pipe):
+                found = failing_seeds(pipe, seeds)
+        else:
+            found = failing_seeds(pipe, seeds)
+        failed = found["generated"]
+        print(f"| {'pinned' if pin else 'denoised (shipped)'} | {1 - len(failed) / len(seeds):.1%} | "
+              f"{len(failed)}" + (": " + ", ".join(f"+{k}" for k in failed) if failed else "") + " | "
+              f"{len(set(failed) & set(found['frame_0']))} | {len(set(failed) & set(found['round_trip']))} | "
+              f"{time.perf_counter() - started:.0f} |", flush=True)
+        print(json.dumps({"pinned": pin, **found}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
