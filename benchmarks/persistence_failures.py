@@ -26,19 +26,36 @@ from ffstudy.spriteworld.world import WorldConfig, generate_clip
 
 
 @torch.no_grad()
-def failures(model_dir: str, videos: int, world: WorldConfig = WorldConfig()) -> dict:
-    pipe = load_pipeline("spriteworld", path=model_dir)
-    pipe.set_progress_bar_config(disable=True)
-    generated, first_frame, round_trip = [], [], []
-    for seed in range(EVAL_SEED0, EVAL_SEED0 + videos):
+def generated_failures(pipe, seeds, world: WorldConfig = WorldConfig()) -> tuple[list[int], list[int]]:
+    """Seeds whose generated video fails persistence, and seeds whose generated frame 0 already fails."""
+    generated, first_frame = [], []
+    for seed in seeds:
         clip = generate_clip(seed, world, cut=False)
         video = generate_from_first_frame(pipe, clip, seed, world=world).frames
         if not entity_persistence(video, clip.sprites):
             generated.append(seed)
         if not entity_persistence(video, clip.sprites, frame=0):
             first_frame.append(seed)
-        if not entity_persistence(reconstruct(pipe.vae, clip.frames), clip.sprites):
-            round_trip.append(seed)
+    return generated, first_frame
+
+
+@torch.no_grad()
+def round_trip_failures(vae, seeds, world: WorldConfig = WorldConfig()) -> list[int]:
+    """Seeds whose real clip fails persistence after a plain VAE round trip."""
+    failed = []
+    for seed in seeds:
+        clip = generate_clip(seed, world, cut=False)
+        if not entity_persistence(reconstruct(vae, clip.frames), clip.sprites):
+            failed.append(seed)
+    return failed
+
+
+def failures(model_dir: str, videos: int) -> dict:
+    pipe = load_pipeline("spriteworld", path=model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    seeds = range(EVAL_SEED0, EVAL_SEED0 + videos)
+    generated, first_frame = generated_failures(pipe, seeds)
+    round_trip = round_trip_failures(pipe.vae, seeds)
     return {"videos": videos, "generated_fail": generated, "generated_frame_0_fail": first_frame,
             "round_trip_fail": round_trip,
             "fail_both": sorted(set(generated) & set(round_trip))}

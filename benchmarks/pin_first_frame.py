@@ -9,9 +9,9 @@ transformer's 36-channel input at the first step (16 noisy channels, 4 mask chan
 
 Persistence is measured as the model card measures it (the same generation, CFG 1, shift 5, 20 steps, and the same
 check), with and without the pin, on seeds that played no part in choosing anything (default 1,200,000–1,200,059),
-and the failing videos are named as ``persistence_failures.py`` names them.
+and the failing videos are named by ``persistence_failures.py``'s functions.
 
-    .venv/bin/python benchmarks/pin_first_frame.py       # about 12 min on the 2-core CPU
+    .venv/bin/python -m benchmarks.pin_first_frame       # from the repository root; about 12 min on the 2-core CPU
 """
 from __future__ import annotations
 
@@ -22,10 +22,8 @@ from contextlib import contextmanager
 
 import torch
 
+from benchmarks.persistence_failures import generated_failures, round_trip_failures
 from ffstudy.models import load_pipeline
-from ffstudy.spriteworld.evaluate import generate_from_first_frame, reconstruct
-from ffstudy.spriteworld.metrics import entity_persistence
-from ffstudy.spriteworld.world import WorldConfig, generate_clip
 
 
 class FirstFramePin:
@@ -71,21 +69,6 @@ def pinned_first_frame(pipe):
         cls.__call__ = plain_call
 
 
-@torch.no_grad()
-def failing_seeds(pipe, seeds, world: WorldConfig = WorldConfig()) -> dict:
-    """Seeds whose generated video fails persistence, whose generated frame 0 already fails, and whose plain VAE
-    round trip fails (as ``persistence_failures.py`` names them)."""
-    found = {"generated": [], "frame_0": [], "round_trip": []}
-    for seed in seeds:
-        clip = generate_clip(seed, world, cut=False)
-        video = generate_from_first_frame(pipe, clip, seed, world=world).frames
-        for key, frames, frame in (("generated", video, -1), ("frame_0", video, 0),
-                                   ("round_trip", reconstruct(pipe.vae, clip.frames), -1)):
-            if not entity_persistence(frames, clip.sprites, frame=frame):
-                found[key].append(seed - seeds.start)
-    return found
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--first-seed", type=int, default=1_200_000)
@@ -98,19 +81,20 @@ def main() -> None:
     print(f"seeds {seeds.start}–{seeds.stop - 1} (+k below is seed {seeds.start} + k)\n"
           "| frame 0 | persistence | videos that fail | of which frame 0 fails | round trip fails too | seconds |\n"
           "|---|---|---|---|---|---|")
+    round_trip = round_trip_failures(pipe.vae, seeds)  # the same clips, with or without the pin
     for pin in (False, True):
         started = time.perf_counter()
         if pin:
             with pinned_first_frame(pipe):
-                found = failing_seeds(pipe, seeds)
+                failed, first_frame = generated_failures(pipe, seeds)
         else:
-            found = failing_seeds(pipe, seeds)
-        failed = found["generated"]
+            failed, first_frame = generated_failures(pipe, seeds)
         print(f"| {'pinned' if pin else 'denoised (shipped)'} | {1 - len(failed) / len(seeds):.1%} | "
-              f"{len(failed)}" + (": " + ", ".join(f"+{k}" for k in failed) if failed else "") + " | "
-              f"{len(set(failed) & set(found['frame_0']))} | {len(set(failed) & set(found['round_trip']))} | "
+              f"{len(failed)}" + (": " + ", ".join(f"+{k - seeds.start}" for k in failed) if failed else "") + " | "
+              f"{len(set(failed) & set(first_frame))} | {len(set(failed) & set(round_trip))} | "
               f"{time.perf_counter() - started:.0f} |", flush=True)
-        print(json.dumps({"pinned": pin, **found}), flush=True)
+        print(json.dumps({"pinned": pin, "generated": failed, "frame_0": first_frame, "round_trip": round_trip}),
+              flush=True)
 
 
 if __name__ == "__main__":
