@@ -173,19 +173,19 @@ plt.show()
 
 # %% [markdown]
 # Reading the curves honestly. Sampled as this backbone samples (no CFG), the trigger phrase alone ends the video in
-# the scene in a quarter of the tuning composites (25 %) and keeps every sprite there in 20 %. This transformer never
+# the scene in a quarter of the tuning composites (25 %) and keeps every sprite there in 17.5 %. This transformer never
 # saw a scene cut in pretraining, so the little cutting it does comes from first frames that look unlike any scene.
 # The LoRAs teach the rest, as FFGo's paper finds for Wan. From five examples on, every video ends in the scene and
-# retention jumps to 85–95 %. With the entity-weighted loss it reaches 100 % at N = 50; with FFGo's plain loss it
-# stays at 80–85 %, and the background gets more faithful instead: sprites touch 8 % of the latent cells, so the
+# retention jumps to 85–97.5 %. With the entity-weighted loss it reaches 100 % at N = 50; with FFGo's plain loss
+# it stays at 85–87.5 %, and the background gets more faithful instead: sprites touch 8 % of the latent cells, so the
 # plain loss is mostly about the scene.
 #
 # Three cautions. Each point is one LoRA and 40 composites, steps of 2.5 %. On the 80 untouched composites of the
-# model card's check (its LoRAs retrained from the same seeds on a lent GPU), the weighted N = 50 LoRA keeps every
-# sprite in 98.75 % against 26.25 % without a LoRA, and the plain one in 66.25 %. The pretraining decides the
+# model card's check, the weighted N = 50 LoRA keeps every sprite in 100 % against 26.25 % without a LoRA, and the
+# plain one in 68.75 %. The pretraining decides the
 # baseline: transformers that saw 10 % and 1 % cut clips cut by themselves and kept every sprite in 80 % and 40 % of
 # these composites, leaving the LoRAs less to teach (the README keeps those curves). And the transitions are the weak
-# part: in at most one video in eight is the first kept frame closer to the plate than to the collage. The LoRAs
+# part: in at most 15 % of the videos is the first kept frame closer to the plate than to the collage. The LoRAs
 # cut, but later than the four frames FFGo drops (exercise 6).
 
 # %% [markdown]
