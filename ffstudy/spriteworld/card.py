@@ -182,7 +182,7 @@ def device_of(results: dict) -> str:
 
 def _resumed(results: dict) -> str:
     rows = [r for key in ("runs", "plain_loss_runs") for r in results.get(key, {}).values()]
-    return (" The LoRAs were trained by an earlier run of the same command; this one (`--resume`) reloaded and "
+    return (" The LoRAs were trained by an earlier run with the same settings; this one (`--resume`) reloaded and "
             "re-measured them." if any(r.get("lora_reused") for r in rows) else "")
 
 
