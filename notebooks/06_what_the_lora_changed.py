@@ -182,9 +182,9 @@ plt.show()
 #
 # Three cautions. Each point is one LoRA and 40 composites, steps of 2.5 %. On the 80 untouched composites of the
 # model card's check, the weighted N = 50 LoRA keeps every sprite in 100 % against 26.25 % without a LoRA, and the
-# plain one in 68.75 %. The pretraining decides the
-# baseline: transformers that saw 10 % and 1 % cut clips cut by themselves and kept every sprite in 80 % and 40 % of
-# these composites, leaving the LoRAs less to teach (the README keeps those curves). And the transitions are the weak
+# plain one in 68.75 %. The pretraining decides the baseline: transformers that saw 10 % and 1 % cut clips cut by
+# themselves and kept every sprite in 80 % and 40 % of these composites, leaving the LoRAs less to teach (the README
+# keeps those curves). And the transitions are the weak
 # part: in at most 15 % of the videos is the first kept frame closer to the plate than to the collage. The LoRAs
 # cut, but later than the four frames FFGo drops (exercise 6).
 
