@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ffstudy.models import load_pipeline
-from ffstudy.spriteworld.evaluate import reconstruct
-from ffstudy.spriteworld.metrics import masked_psnr, psnr
+from ffstudy.spriteworld.evaluate import reconstruct, region_psnr
+from ffstudy.spriteworld.metrics import psnr
 from ffstudy.spriteworld.pretrain import EVAL_SEED0
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
 
@@ -32,21 +32,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     vae = load_pipeline(args.model).vae
-    per_frame, still = [], {"all": [], "sprites": [], "scene": []}
+    per_frame, still = [], []
     for seed in range(EVAL_SEED0, EVAL_SEED0 + args.videos):
         clip = generate_clip(seed, WorldConfig())
         decoded = reconstruct(vae, clip.frames)
         per_frame.append([psnr(clip.frames[t], decoded[t]) for t in range(len(clip.frames))])
         middle = len(clip.frames) // 2
         frames = np.repeat(clip.frames[middle:middle + 1], len(clip.frames), 0)
-        sprites = np.repeat(clip.masks[middle:middle + 1], len(clip.frames), 0) > 0
-        decoded = reconstruct(vae, frames)
-        still["all"].append(psnr(frames, decoded))
-        still["sprites"].append(masked_psnr(frames, decoded, sprites))
-        still["scene"].append(masked_psnr(frames, decoded, ~sprites))
+        masks = np.repeat(clip.masks[middle:middle + 1], len(clip.frames), 0)
+        still.append(region_psnr(frames, reconstruct(vae, frames), masks))
     print(json.dumps({"videos": args.videos,
                       "psnr_per_frame_db": [round(float(v), 2) for v in np.mean(per_frame, 0)],
-                      "still_clip_psnr_db": {k: round(float(np.mean(v)), 2) for k, v in still.items()}}, indent=1))
+                      "still_clip_psnr_db": {k: round(float(np.mean([v[k] for v in still])), 2) for k in still[0]}}, indent=1))
 
 
 if __name__ == "__main__":

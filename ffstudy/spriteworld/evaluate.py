@@ -37,14 +37,17 @@ def reconstruct(vae, frames: np.ndarray) -> np.ndarray:
 
 def vae_psnr(pipe, seeds, world: WorldConfig = WorldConfig()) -> dict:
     """Mean PSNR per clip over all pixels, over the sprites' pixels and over the scene's (ground-truth masks)."""
-    values = {"all": [], "sprites": [], "scene": []}
+    per_clip = []
     for seed in seeds:
         clip = generate_clip(seed, world)
-        recon = reconstruct(pipe.vae, clip.frames)
-        values["all"].append(psnr(clip.frames, recon))
-        values["sprites"].append(masked_psnr(clip.frames, recon, clip.masks > 0))
-        values["scene"].append(masked_psnr(clip.frames, recon, clip.masks == 0))
-    return {k: float(np.mean(v)) for k, v in values.items()}
+        per_clip.append(region_psnr(clip.frames, reconstruct(pipe.vae, clip.frames), clip.masks))
+    return {k: float(np.mean([v[k] for v in per_clip])) for k in per_clip[0]}
+
+
+def region_psnr(frames: np.ndarray, recon: np.ndarray, masks: np.ndarray) -> dict:
+    """PSNR of one clip over all pixels, over its sprites' pixels and over its scene's (``masks``: entity ids)."""
+    return {"all": psnr(frames, recon), "sprites": masked_psnr(frames, recon, masks > 0),
+            "scene": masked_psnr(frames, recon, masks == 0)}
 
 
 def palette_fidelity(pipe, world: WorldConfig = WorldConfig(), size: int = 24) -> dict:
