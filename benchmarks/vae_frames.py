@@ -41,9 +41,10 @@ def main() -> None:
         frames = np.repeat(clip.frames[middle:middle + 1], len(clip.frames), 0)
         masks = np.repeat(clip.masks[middle:middle + 1], len(clip.frames), 0)
         still.append(region_psnr(frames, reconstruct(vae, frames), masks))
+    still_mean = {k: round(float(np.mean([v[k] for v in still])), 2) for k in still[0]}
     print(json.dumps({"videos": args.videos,
                       "psnr_per_frame_db": [round(float(v), 2) for v in np.mean(per_frame, 0)],
-                      "still_clip_psnr_db": {k: round(float(np.mean([v[k] for v in still])), 2) for k in still[0]}}, indent=1))
+                      "still_clip_psnr_db": still_mean}, indent=1))
 
 
 if __name__ == "__main__":
