@@ -9,6 +9,9 @@ ceiling and generated persistence on the model card's held-out seeds.
     .venv/bin/python benchmarks/decoder_stage.py --overrides '{"decoder_sprite_weight": 4, "decoder_steps": 1200}'
 
 About 18 min for the VAE stage (cached in --cache for further variants), 1 s per decoder step, 5 min measuring.
+``--from-shipped`` skips the VAE stage and continues the shipped VAE's decoder instead: not a recipe, a quick way to
+ask what more decoder training of a given kind would give. ``--fresh-decoder WIDTH`` replaces the decoder by a
+freshly initialised one of that base width (``decoder_base_dim``) before the stage.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from decoder_capacity import with_fresh_decoder  # benchmarks/, on the path when this script runs
 from ffstudy.io import write_json
 from ffstudy.models import get_backbone, load_pipeline
 from ffstudy.spriteworld.evaluate import generation_metrics, reference_persistence, vae_psnr
@@ -51,11 +55,22 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=40)
     parser.add_argument("--save", help="also save the fine-tuned VAE here (a diffusers AutoencoderKLWan folder)")
     parser.add_argument("--record", help="also write the result and the decoder's per-step log here (JSON)")
+    parser.add_argument("--from-shipped", action="store_true",
+                        help="fine-tune the shipped VAE's decoder further instead of the VAE stage's")
+    parser.add_argument("--fresh-decoder", type=int, metavar="WIDTH",
+                        help="start the stage from a fresh decoder of this base width (decoder_base_dim)")
     args = parser.parse_args()
     overrides = json.loads(args.overrides)
     config = PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml", **overrides)
     torch.set_num_threads(config.threads)
-    vae = cached_vae_stage(config, Path(args.cache))
+    if args.from_shipped:
+        vae = load_pipeline("spriteworld").vae
+        vae.requires_grad_(False)
+    else:
+        vae = cached_vae_stage(config, Path(args.cache))
+    if args.fresh_decoder:
+        vae = with_fresh_decoder(vae, args.fresh_decoder)
+        vae.requires_grad_(False)
     shipped = load_file(Path(get_backbone("spriteworld").local_dir) / "vae/diffusion_pytorch_model.safetensors")
     encoder = {k: v for k, v in vae.state_dict().items() if not k.startswith(("decoder.", "post_quant_conv."))}
     if not all(torch.equal(v, shipped[k]) for k, v in encoder.items()):
@@ -71,7 +86,8 @@ def main() -> None:
     pipe = load_pipeline("spriteworld")
     pipe.vae = vae
     seeds = range(EVAL_SEED0, EVAL_SEED0 + args.videos)
-    result = {"overrides": overrides, "decoder_seconds": round(seconds, 1),
+    result = {"overrides": overrides, "from_shipped": args.from_shipped, "fresh_decoder": args.fresh_decoder,
+              "decoder_seconds": round(seconds, 1),
               "decoder_final_loss": final_loss(log, "decoder"),
               "vae_psnr_db": vae_psnr(pipe, seeds[:20]),
               "generation": {**generation_metrics(pipe, seeds), **reference_persistence(pipe, seeds)}}

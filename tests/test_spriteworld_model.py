@@ -144,6 +144,30 @@ def test_the_first_frame_pin_benchmark_ends_on_the_condition_latent_and_unpatche
     assert not torch.allclose(pipe(**kwargs).frames[:, :, :1], conditions[0], atol=1e-2)  # unpinned: denoised
 
 
+def test_a_fresh_decoder_keeps_the_shipped_encoder_and_its_latents():
+    """benchmarks/decoder_stage.py --fresh-decoder swaps the decoder for a new width: the encoder, and so the latents
+    the shipped transformer learnt, must stay exactly the shipped ones, and the result must round-trip through
+    save_pretrained with its width."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from benchmarks.decoder_capacity import with_fresh_decoder
+    from ffstudy.data import video_tensor
+
+    shipped = load_pipeline("spriteworld").vae
+    fresh = with_fresh_decoder(shipped, 16)
+    x = video_tensor(generate_clip(1_000_003).frames[:5])[None]
+    with torch.no_grad():
+        assert torch.equal(fresh.encode(x).latent_dist.mode(), shipped.encode(x).latent_dist.mode())
+        assert fresh.decode(shipped.encode(x).latent_dist.mode()).sample.shape == x.shape
+    assert fresh.decoder.conv_in.out_channels == 16 * 4 and shipped.decoder.conv_in.out_channels == 12 * 4
+    with tempfile.TemporaryDirectory() as folder:
+        fresh.save_pretrained(folder)
+        assert AutoencoderKLWan.from_pretrained(folder).config.decoder_base_dim == 16
+
+
 def test_the_pretrained_model_reads_each_sprite_from_the_first_frame():
     """Real, not random, behaviour: later-frame tokens on sprite k read sprite k in frame 0 (per token of area)
     well above chance; a freshly initialised transformer of the same architecture does not."""
