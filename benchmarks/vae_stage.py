@@ -10,6 +10,8 @@ sprite and scene pixels on the card's first 20 held-out seeds and the round-trip
     .venv/bin/python benchmarks/vae_stage.py --overrides '{"vae_base_dim": 16}' --decoder --record FILE
 
 About 0.4 s per VAE step at the recipe's width on 2 cores, 1 s per decoder step, 2 min measuring.
+``--from-shipped`` trains the shipped VAE further instead of a fresh one (encoder included, so its latents no longer
+fit the shipped transformer): not a recipe, a quick way to ask what the encoder could still learn.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from types import SimpleNamespace
 import torch
 
 from ffstudy.io import write_json
+from ffstudy.models import load_pipeline
 from ffstudy.spriteworld.evaluate import reference_persistence, vae_psnr
 from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, final_loss, finetune_decoder,
                                           training_clips, vae_stage)
@@ -43,15 +46,19 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=40)
     parser.add_argument("--save", help="save the VAE after the last stage run here (a diffusers folder)")
     parser.add_argument("--record", help="also write the result and the per-step log here (JSON)")
+    parser.add_argument("--from-shipped", action="store_true", help="train the shipped VAE further, encoder included")
     args = parser.parse_args()
     overrides = json.loads(args.overrides)
     config = PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml", **overrides)
     torch.set_num_threads(config.threads)
-    vae = build_untrained(config).vae  # built exactly as pretrain builds it: same seed, same order
+    if args.from_shipped:
+        vae = load_pipeline("spriteworld").vae.requires_grad_(True)
+    else:
+        vae = build_untrained(config).vae  # built exactly as pretrain builds it: same seed, same order
     clips = training_clips(config, WorldConfig())
     log, started = [], time.perf_counter()
     vae_stage(vae, clips, config, log)
-    result = {"overrides": overrides, "parameters": sum(p.numel() for p in vae.parameters()),
+    result = {"overrides": overrides, "from_shipped": args.from_shipped, "parameters": sum(p.numel() for p in vae.parameters()),
               "vae_seconds": round(time.perf_counter() - started, 1),
               "vae_final_loss": final_loss(log, "vae"), "vae_stage": measure(vae, args.videos)}
     print(json.dumps(result, indent=1), flush=True)
