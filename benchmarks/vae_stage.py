@@ -58,7 +58,8 @@ def main() -> None:
     clips = training_clips(config, WorldConfig())
     log, started = [], time.perf_counter()
     vae_stage(vae, clips, config, log)
-    result = {"overrides": overrides, "from_shipped": args.from_shipped, "parameters": sum(p.numel() for p in vae.parameters()),
+    result = {"overrides": overrides, "from_shipped": args.from_shipped,
+              "parameters": sum(p.numel() for p in vae.parameters()),
               "vae_seconds": round(time.perf_counter() - started, 1),
               "vae_final_loss": final_loss(log, "vae"), "vae_stage": measure(vae, args.videos)}
     print(json.dumps(result, indent=1), flush=True)
