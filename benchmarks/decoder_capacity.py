@@ -21,8 +21,10 @@ decoder runs about twice as long per step as width 12.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,7 +34,8 @@ from ffstudy.data import video_frames, video_tensor
 from ffstudy.io import write_json
 from ffstudy.models import load_pipeline
 from ffstudy.spriteworld.evaluate import region_psnr
-from ffstudy.spriteworld.pretrain import EVAL_SEED0, TRAIN_SEED0, decode_unclamped, reconstruction_loss
+from ffstudy.spriteworld.pretrain import (EVAL_SEED0, TRAIN_SEED0, PretrainConfig, decode_unclamped,
+                                          reconstruction_loss)
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
 
 
@@ -43,26 +46,26 @@ def frame_latents(vae, clips: list) -> torch.Tensor:
                       for c in clips])
 
 
+def encoder_state(vae) -> dict:
+    """The weights that fix ``vae``'s latents: everything but the decoder and ``post_quant_conv``."""
+    return {k: v for k, v in vae.state_dict().items() if not k.startswith(("decoder.", "post_quant_conv."))}
+
+
 def with_fresh_decoder(vae, width: int):
     """A copy of ``vae`` with its encoder and a freshly initialised (seeded) decoder of base width ``width``."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(0)
     fresh = AutoencoderKLWan.from_config({**vae.config, "decoder_base_dim": width})
-    encoder = {k: v for k, v in vae.state_dict().items() if not k.startswith(("decoder.", "post_quant_conv."))}
-    fresh.load_state_dict(encoder, strict=False)
+    fresh.load_state_dict(encoder_state(vae), strict=False)
     return fresh
 
 
 def decoder_arm(shipped, arm: str):
     """A VAE with the shipped encoder and the arm's decoder (the shipped one, or a fresh one of another width)."""
-    if arm != "shipped":
-        return with_fresh_decoder(shipped, int(arm.removeprefix("fresh-")))
-    from diffusers import AutoencoderKLWan
-
-    vae = AutoencoderKLWan.from_config(shipped.config)
-    vae.load_state_dict(shipped.state_dict())
-    return vae
+    if arm == "shipped":
+        return copy.deepcopy(shipped)
+    return with_fresh_decoder(shipped, int(arm.removeprefix("fresh-")))
 
 
 @torch.no_grad()
@@ -72,14 +75,14 @@ def measure(vae, clips: list, latents: torch.Tensor) -> dict:
     scores, start = [], 0
     for clip in clips:
         t = len(clip.frames)
-        decoded = torch.cat([vae.decode(z[None]).sample for z in latents[start:start + t]])  # (t, 3, 1, H, W)
+        decoded = vae.decode(latents[start:start + t]).sample  # (t, 3, 1, H, W): a batch of one-frame clips
         scores.append(region_psnr(clip.frames, video_frames(decoded[:, :, 0].permute(1, 0, 2, 3)), clip.masks))
         start += t
     return {k: round(float(np.mean([s[k] for s in scores])), 2) for k in scores[0]}
 
 
 def train(vae, latents: torch.Tensor, frames: torch.Tensor, sprites: torch.Tensor, steps: int, batch: int,
-          lr: float, checkpoints: set, evaluate) -> list:
+          lr: float, sprite_weight: float, checkpoints: set, evaluate) -> list:
     parameters = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.05)
@@ -87,7 +90,7 @@ def train(vae, latents: torch.Tensor, frames: torch.Tensor, sprites: torch.Tenso
     for step in tqdm(range(1, steps + 1), desc="decoder"):
         vae.decoder.train()
         pick = torch.randint(len(latents), (batch,), generator=generator)
-        weight = 1.0 + 4.0 * sprites[pick, None, None].float()  # the decoder stage's sprite weight
+        weight = 1.0 + sprite_weight * sprites[pick, None, None].float()
         loss = reconstruction_loss(decode_unclamped(vae, latents[pick]), frames[pick][:, :, None], weight)
         optimizer.zero_grad()
         loss.backward()
@@ -111,6 +114,7 @@ def main() -> None:
     parser.add_argument("--record", help="also write the results here (JSON)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    recipe = PretrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs/spriteworld-pretrain.yaml")
     shipped = load_pipeline("spriteworld").vae
     world = WorldConfig()
     train_clips = [generate_clip(TRAIN_SEED0 + i, world) for i in range(args.train_clips)]
@@ -125,8 +129,8 @@ def main() -> None:
         vae = decoder_arm(shipped, arm)
         before = measure(vae, heldout, heldout_latents)
         started = time.perf_counter()
-        history = train(vae, latents, frames, sprites, args.steps, args.batch, args.lr, checkpoints,
-                        lambda v: measure(v, heldout, heldout_latents))
+        history = train(vae, latents, frames, sprites, args.steps, args.batch, args.lr,
+                        recipe.decoder_sprite_weight, checkpoints, lambda v: measure(v, heldout, heldout_latents))
         seconds = time.perf_counter() - started
         results["arms"][arm] = {"decoder_parameters": sum(p.numel() for p in vae.decoder.parameters()),
                                 "psnr_before_db": before, "history": history, "minutes": round(seconds / 60, 1)}

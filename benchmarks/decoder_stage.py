@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from decoder_capacity import with_fresh_decoder  # benchmarks/, on the path when this script runs
+from decoder_capacity import encoder_state, with_fresh_decoder  # benchmarks/, on the path when this script runs
 from ffstudy.io import write_json
 from ffstudy.models import get_backbone, load_pipeline
 from ffstudy.spriteworld.evaluate import generation_metrics, reference_persistence, vae_psnr
@@ -72,8 +72,7 @@ def main() -> None:
         vae = with_fresh_decoder(vae, args.fresh_decoder)
         vae.requires_grad_(False)
     shipped = load_file(Path(get_backbone("spriteworld").local_dir) / "vae/diffusion_pytorch_model.safetensors")
-    encoder = {k: v for k, v in vae.state_dict().items() if not k.startswith(("decoder.", "post_quant_conv."))}
-    if not all(torch.equal(v, shipped[k]) for k, v in encoder.items()):
+    if not all(torch.equal(v, shipped[k]) for k, v in encoder_state(vae).items()):
         raise SystemExit("the re-run VAE stage differs from the shipped encoder: the shipped transformer does not "
                          "belong to it (other thread count or library versions, or a --cache written by an older "
                          "recipe: delete it)")
