@@ -68,7 +68,7 @@ def train(name, model, forward, clips, held_out, args) -> list[dict]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     rows, elapsed = [], 0.0
     for step in tqdm(range(1, args.steps + 1), desc=name):
-        batch = random_windows(clips, rng, args.batch, 1, args.crop)
+        batch, _ = random_windows(clips, rng, args.batch, 1, args.crop)
         start = time.perf_counter()
         model.train()
         loss = reconstruction_loss(forward(batch), batch)

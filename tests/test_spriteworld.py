@@ -194,6 +194,23 @@ def test_both_vae_layouts_compress_4x8x8_and_train_on_what_diffusers_decodes(res
     assert AutoencoderKLWan.from_pretrained(tmp_path).config.is_residual is residual
 
 
+def test_vae_windows_come_with_the_sprite_mask_of_the_same_pixels():
+    """The VAE stage's sprite weight is only right if each window's mask is cut from the same frames and pixels."""
+    from ffstudy.data import video_tensor
+    from ffstudy.spriteworld.pretrain import random_windows
+
+    clip = generate_clip(10_003)
+    x, sprites = random_windows([clip], np.random.default_rng(7), 4, 9, 64)
+    assert x.shape == (4, 3, 9, 64, 64) and sprites.shape == (4, 1, 9, 64, 64) and sprites.dtype == torch.bool
+    draws = np.random.default_rng(7)
+    for window, mask in zip(x, sprites):
+        _, t0, y0, x0 = (int(draws.integers(0, n)) for n in (1, 17 - 9 + 1, 96 - 64 + 1, 160 - 64 + 1))
+        crop = np.s_[t0:t0 + 9, y0:y0 + 64, x0:x0 + 64]
+        assert torch.equal(window, video_tensor(clip.frames[crop]))
+        assert torch.equal(mask[0], torch.from_numpy(clip.masks[crop] > 0))
+    assert sprites.any()  # the clip's sprites are in view: the check above compared real masks
+
+
 def test_the_vae_stage_leaves_a_point_posterior_so_sampling_it_gives_the_trained_latents():
     """The VAE trains on its posterior's mode, so its log-variance is untrained; FFGo's trainer samples the posterior,
     which must then return the mode itself (the mode is unchanged by pinning the log-variance)."""
@@ -300,7 +317,7 @@ def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     config = PretrainConfig(threads=1, vae_base_dim=8, vae_steps=2, vae_batch=1, layers=1, heads=2, head_dim=8,
                             ffn_dim=16, train_clips=3, transformer_steps=2, transformer_batch=2, decoder_steps=2,
                             decoder_batch=1, decoder_clips=2, transformer_sprite_weight=3.0,
-                            decoder_sprite_weight=2.0, transformer_cut_probability=0.0)
+                            decoder_sprite_weight=2.0, vae_sprite_weight=1.0, transformer_cut_probability=0.0)
     (tmp_path / "sw").mkdir()
     (tmp_path / "sw" / "README.md").write_text("the card of earlier weights")
     folder = pretrain(config, tmp_path / "sw")
@@ -317,6 +334,7 @@ def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     assert f"{evaluation['vae_psnr_db']:.2f} dB" in text and "most mass per token" in text
     assert "a sprite touches weighted 4×" in text  # the card names the recipe's losses
     assert "sprite pixels weighted 3× in its L1 + L2 loss" in text
+    assert "posterior mode, L1 + L2, sprite pixels weighted 2× + 1e-06·KL" in text
     assert "with probability 10% for the VAE stages and 0% for the transformer" in text
     assert f"{evaluation['vae_psnr_sprites_db']:.2f} dB / {evaluation['vae_psnr_scene_db']:.2f} dB" in text
     assert set(evaluation["vae_palette"]) == set(COLOURS) and "| red | (225, 35, 35) |" in text

@@ -57,6 +57,8 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
             f"FFGo's LoRA is there to teach)")
     decoder_weight = (f", sprite pixels weighted {1 + cfg['decoder_sprite_weight']:g}× in its L1 + L2 loss"
                       if cfg.get("decoder_sprite_weight") else "")
+    vae_weight = (f", sprite pixels weighted {1 + cfg['vae_sprite_weight']:g}×" if cfg.get("vae_sprite_weight")
+                  else "")
     point = ("; then its untrained log-variance pinned to −30, a point posterior, so the trainer's posterior "
              "samples are the latents themselves" if cfg.get("vae_point_posterior") else "")
     return f"""# SpriteWorld I2V
@@ -85,7 +87,7 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
 
 - Hardware: the 2-core CPU development machine ({cfg['threads']} threads), no GPU.
 - Time: **{minutes:.1f} min** in total — rendering {(t['render_seconds'] + t.get('transformer_render_seconds', 0)) / 60:.1f} min, VAE {t['vae_seconds'] / 60:.1f} min ({cfg['vae_steps']} steps of
-  {cfg['vae_batch']} × {cfg['vae_frames']}-frame {cfg['vae_crop']}² crops, posterior mode, L1 + L2 + {cfg['vae_kl_weight']:g}·KL on the unclamped decoder output, lr {cfg['vae_lr']:g}{point}),
+  {cfg['vae_batch']} × {cfg['vae_frames']}-frame {cfg['vae_crop']}² crops, posterior mode, L1 + L2{vae_weight} + {cfg['vae_kl_weight']:g}·KL on the unclamped decoder output, lr {cfg['vae_lr']:g}{point}),
   encoding {cfg['train_clips']} clips {t['encode_seconds'] / 60:.1f} min, transformer {t['transformer_seconds'] / 60:.1f} min
   ({cfg['transformer_steps']} steps of batch {cfg['transformer_batch']}, flow matching on cached latents with the FFGo
   LoRA trainer's `sample_flow_inputs` and {token_weight}, uniform timestep indices on the

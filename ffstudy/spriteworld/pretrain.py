@@ -41,6 +41,7 @@ class PretrainConfig:
     vae_lr: float = 5e-4
     vae_kl_weight: float = 1e-6
     vae_point_posterior: bool = False  # pin the untrained log-variance so posterior samples are the mean
+    vae_sprite_weight: float = 0.0  # extra loss weight on sprite pixels, as the decoder stage's
     # decoder fine-tuning on whole clips (encoder frozen, so the transformer's latents do not change)
     decoder_steps: int = 600
     decoder_batch: int = 4
@@ -144,17 +145,21 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, weight: torch
     return error.mean() if weight is None else (weight * error).mean()
 
 
-def random_windows(clips: list, rng: np.random.Generator, count: int, frames: int, size: int) -> torch.Tensor:
-    """``count`` random ``frames`` x ``size`` x ``size`` windows of random clips, as a VAE input batch."""
-    windows = []
+def random_windows(clips: list, rng: np.random.Generator, count: int, frames: int,
+                   size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` random ``frames`` x ``size`` x ``size`` windows of random clips, as a VAE input batch, and
+    where sprites cover them (a boolean ``(count, 1, frames, size, size)`` mask)."""
+    windows, sprites = [], []
     for _ in range(count):
         clip = clips[int(rng.integers(0, len(clips)))]
         t, height, width = clip.frames.shape[:3]
         t0 = int(rng.integers(0, t - frames + 1))
         y0 = int(rng.integers(0, height - size + 1))
         x0 = int(rng.integers(0, width - size + 1))
-        windows.append(video_tensor(clip.frames[t0:t0 + frames, y0:y0 + size, x0:x0 + size]))
-    return torch.stack(windows)
+        window = np.s_[t0:t0 + frames, y0:y0 + size, x0:x0 + size]
+        windows.append(video_tensor(clip.frames[window]))
+        sprites.append(torch.from_numpy(clip.masks[window] > 0))
+    return torch.stack(windows), torch.stack(sprites)[:, None]
 
 
 def train_vae(vae, clips: list, config: PretrainConfig, log: list) -> None:
@@ -164,10 +169,11 @@ def train_vae(vae, clips: list, config: PretrainConfig, log: list) -> None:
                                                    pct_start=0.05)
     vae.train()
     for step in tqdm(range(config.vae_steps), desc="SpriteWorld VAE"):
-        x = random_windows(clips, rng, config.vae_batch, config.vae_frames, config.vae_crop)
+        x, sprites = random_windows(clips, rng, config.vae_batch, config.vae_frames, config.vae_crop)
         posterior = vae.encode(x).latent_dist
         recon = decode_unclamped(vae, posterior.mode())  # deterministic: converges several times faster
-        loss = reconstruction_loss(recon, x) + config.vae_kl_weight * posterior.kl().mean()
+        weight = 1.0 + config.vae_sprite_weight * sprites.float()  # 0: all ones, the plain loss
+        loss = reconstruction_loss(recon, x, weight) + config.vae_kl_weight * posterior.kl().mean()
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
