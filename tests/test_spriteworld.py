@@ -173,17 +173,19 @@ def test_experiment_measure_separates_the_scene_from_an_animated_collage():
     assert stuck["present"] and not stuck["retention"] and not stuck["clean"]
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_both_vae_layouts_compress_4x8x8_and_train_on_what_diffusers_decodes(residual, tmp_path):
-    """The pretraining stages decode without diffusers' final clamp; for Wan 2.2's residual layout too, that must
-    be exactly ``vae.decode`` before the clamp, and the VAE must save and load as a diffusers model."""
+@pytest.mark.parametrize("residual,patch", [(False, None), (True, None), (True, 2)])
+def test_every_vae_layout_compresses_4x8x8_and_trains_on_what_diffusers_decodes(residual, patch, tmp_path):
+    """The pretraining stages decode without diffusers' final clamp; for Wan 2.2's residual layout, with or without
+    its 2x2 pixel patches, that must be exactly ``vae.decode`` before the clamp, and the VAE must save and load as a
+    diffusers model."""
     from diffusers import AutoencoderKLWan
 
     from ffstudy.data import video_tensor
     from ffstudy.spriteworld.pretrain import PretrainConfig, build_vae, decode_unclamped
 
     torch.manual_seed(0)
-    vae = build_vae(PretrainConfig(vae_is_residual=residual)).eval()
+    levels = (1, 2, 4, 4) if patch is None else (1, 2, 2)
+    vae = build_vae(PretrainConfig(vae_is_residual=residual, vae_patch_size=patch, vae_dim_mult=levels)).eval()
     x = video_tensor(generate_clip(5).frames[:9, :32, :48])[None]
     with torch.no_grad():
         z = vae.encode(x).latent_dist.mode()
@@ -191,7 +193,17 @@ def test_both_vae_layouts_compress_4x8x8_and_train_on_what_diffusers_decodes(res
     assert z.shape == (1, 16, 3, 4, 6) and ours.shape == x.shape
     assert torch.allclose(ours.clamp(-1, 1), theirs, atol=1e-6)
     vae.save_pretrained(tmp_path)
-    assert AutoencoderKLWan.from_pretrained(tmp_path).config.is_residual is residual
+    loaded = AutoencoderKLWan.from_pretrained(tmp_path).eval()
+    assert loaded.config.is_residual is residual and loaded.config.patch_size == patch
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(z).sample, theirs)
+
+
+def test_a_vae_layout_that_does_not_compress_8x_is_refused_by_name():
+    from ffstudy.spriteworld.pretrain import PretrainConfig, build_vae
+
+    with pytest.raises(ValueError, match=r"vae_dim_mult \[1, 2, 4, 4\] with vae_patch_size 2 compresses 16x"):
+        build_vae(PretrainConfig(vae_patch_size=2))
 
 
 def test_vae_windows_come_with_the_sprite_mask_of_the_same_pixels():
@@ -346,3 +358,23 @@ def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     assert f"CFG 1, shift 5) | {gen['persistence']:.1%} ({low:.0%}–{high:.0%}) |" in text
     assert "when sampled with FFGo's CFG 6" in text
     assert set(evaluation["probe"]["per_block"]) == set(evaluation["probe"]["per_block_per_token"]) == {"0"}
+
+
+def test_the_plain_group_autoencoder_has_the_wan_vaes_latent_budget():
+    """benchmarks/vae_budget.py compares the VAE with plain autoencoders of the same budget: 17 frames must become
+    5 latent frames of 16 channels at 1/8 size (frame 0 alone, then groups of 4), decoded back to 17 frames, and a
+    group must be decoded from its own latent frame and the one before, never a later one."""
+    from benchmarks.vae_budget import GroupAutoencoder
+
+    torch.manual_seed(0)
+    model = GroupAutoencoder(8)
+    video = torch.rand(1, 3, 17, 16, 24) * 2 - 1
+    latent = model.encode_first(video[:, :, 0])
+    assert latent.shape == (1, 16, 2, 3)
+    out = model(video)
+    assert out.shape == video.shape
+    later = video.clone()
+    later[:, :, 13:] = 0  # only the last group changes: everything before it must decode the same
+    assert torch.equal(model(later)[:, :, :13], out[:, :, :13])
+    with pytest.raises(ValueError, match="16 frames; it takes 1 \\+ 4k"):
+        model(video[:, :, :16])

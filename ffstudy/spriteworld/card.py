@@ -42,6 +42,9 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
                               for name, p in palette.items())
     kept = sum(p["distance"] <= COLOUR_TOLERANCE for p in palette.values())
     layout = "Wan 2.2 residual layout" if cfg.get("vae_is_residual") else "Wan 2.1 layout"
+    layout += f", base_dim {cfg['vae_base_dim']}, dim_mult {list(cfg.get('vae_dim_mult', [1, 2, 4, 4]))}"
+    if cfg.get("vae_patch_size"):
+        layout += f" on {cfg['vae_patch_size']}×{cfg['vae_patch_size']} pixel patches"
     token_weight = (f"its clipped squared error (`masked_velocity_loss`) with each latent cell a sprite touches "
                     f"weighted {1 + cfg['transformer_sprite_weight']:g}×" if cfg.get("transformer_sprite_weight")
                     else "`masked_velocity_loss`")
@@ -70,7 +73,7 @@ not random, behaviour. Load it with `ffstudy.load_pipeline("spriteworld")` (offl
 
 | part | configuration | parameters | on disk |
 |---|---|---|---|
-| VAE | {layout}, base_dim {cfg['vae_base_dim']}, dim_mult [1,2,4,4], z 16, 4×8×8 compression | {sizes['vae_params']:.2f} M | {sizes['vae_mb']:.1f} MB |
+| VAE | {layout}, z 16, 4×8×8 compression | {sizes['vae_params']:.2f} M | {sizes['vae_mb']:.1f} MB |
 | transformer | {cfg['layers']} blocks, {cfg['heads']} heads × {cfg['head_dim']}, FFN {cfg['ffn_dim']}, patch 1×2×2, one expert for all timesteps | {sizes['transformer_params']:.2f} M | {sizes['transformer_mb']:.1f} MB |
 | text encoder | UMT5, d_model {cfg['text_dim']}, 2 layers, frozen at its seeded initialisation; {cfg['max_sequence_length']} tokens | {sizes['text_params']:.2f} M | {sizes['text_mb']:.1f} MB |
 | total | | | **{sizes['total_mb']:.1f} MB** |

@@ -34,6 +34,9 @@ class PretrainConfig:
     # VAE
     vae_base_dim: int = 12
     vae_is_residual: bool = True  # Wan 2.2's layout (average-pooling shortcuts around every down/up block), else 2.1's
+    # channel multiplier per level; each level but the last halves the size, so 8x needs 4 levels, or 3 with patches
+    vae_dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    vae_patch_size: int | None = None  # 2: Wan 2.2 TI2V's VAE input, 2x2 pixels folded into channels first
     vae_steps: int = 2400
     vae_batch: int = 8
     vae_frames: int = 5  # frame 0 alone + one group of 4; 9 would also train the cache from group to group
@@ -89,11 +92,19 @@ TRAIN_SEED0, EVAL_SEED0 = 10_000, 1_000_000
 
 def build_vae(config: PretrainConfig):
     """The SpriteWorld ``AutoencoderKLWan``, freshly initialised: Wan 2.1's layout (or 2.2's residual one) at
-    ``vae_base_dim`` width, 4x8x8 compression to 16 channels either way."""
+    ``vae_base_dim`` width, optionally on 2x2 pixel patches (Wan 2.2 TI2V's input), 4x8x8 compression to 16
+    channels in every case: the last two halvings also halve time."""
     from diffusers import AutoencoderKLWan
 
-    return AutoencoderKLWan(base_dim=config.vae_base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                            temperal_downsample=[False, True, True], is_residual=config.vae_is_residual)
+    patch, levels = config.vae_patch_size or 1, len(config.vae_dim_mult)
+    if patch * 2 ** (levels - 1) != 8:
+        raise ValueError(f"vae_dim_mult {list(config.vae_dim_mult)} with vae_patch_size {config.vae_patch_size} "
+                         f"compresses {patch * 2 ** (levels - 1)}x, not 8x: use 4 levels without patches, 3 with 2")
+    channels = 3 * patch * patch
+    return AutoencoderKLWan(base_dim=config.vae_base_dim, z_dim=16, dim_mult=list(config.vae_dim_mult),
+                            num_res_blocks=1, temperal_downsample=[False] * (levels - 3) + [True, True],
+                            is_residual=config.vae_is_residual, patch_size=config.vae_patch_size,
+                            in_channels=channels, out_channels=channels)
 
 
 def build_untrained(config: PretrainConfig):
@@ -128,6 +139,8 @@ def transformer_world(config: PretrainConfig, world: WorldConfig) -> WorldConfig
 def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     """``AutoencoderKLWan.decode`` without its final clamp to [-1, 1], which zeroes the gradient of every
     overshooting pixel; the frame-by-frame causal cache is driven exactly as diffusers does."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
     vae.clear_cache()
     x, frames = vae.post_quant_conv(z), []
     for i in range(z.shape[2]):
@@ -135,7 +148,8 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
         frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
                                   first_chunk=i == 0))
     vae.clear_cache()
-    return torch.cat(frames, 2)
+    video = torch.cat(frames, 2)
+    return video if vae.config.patch_size is None else unpatchify(video, vae.config.patch_size)
 
 
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -168,7 +182,8 @@ def train_vae(vae, clips: list, config: PretrainConfig, log: list) -> None:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.vae_lr, total_steps=config.vae_steps,
                                                    pct_start=0.05)
     vae.train()
-    for step in tqdm(range(config.vae_steps), desc="SpriteWorld VAE"):
+    progress = tqdm(range(config.vae_steps), desc="SpriteWorld VAE")
+    for step in progress:
         x, sprites = random_windows(clips, rng, config.vae_batch, config.vae_frames, config.vae_crop)
         posterior = vae.encode(x).latent_dist
         recon = decode_unclamped(vae, posterior.mode())  # deterministic: converges several times faster
@@ -180,6 +195,7 @@ def train_vae(vae, clips: list, config: PretrainConfig, log: list) -> None:
         optimizer.step()
         schedule.step()
         log.append({"stage": "vae", "step": step + 1, "loss": float(loss.detach())})
+        progress.set_postfix(loss=f"{log[-1]['loss']:.4f}", refresh=False)
     vae.eval()
 
 

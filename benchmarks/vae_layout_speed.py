@@ -1,0 +1,70 @@
+"""Seconds per training step of each SpriteWorld VAE layout, as ratios to the shipped one, in one run.
+
+Why (issue 5): the VAE's 28 dB goal is a matter of training budget on the 2-core CPU (``vae_budget.py``), so a
+layout that trains faster buys more steps in the recipe's 2 hours. Each layout runs the VAE stage's step (forward
+through the encoder's posterior mode and ``decode_unclamped``, L1 + L2, backward) on the same batch of whole
+17-frame 64x64 clips, and the plain group autoencoders of ``vae_budget.py`` run theirs for scale.
+
+    python benchmarks/vae_layout_speed.py              # batch 4, 3 timed steps each after one warm-up
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from ffstudy.spriteworld.pretrain import PretrainConfig, build_vae, decode_unclamped, reconstruction_loss
+from vae_budget import GroupAutoencoder  # benchmarks/, on the path when this script runs
+
+LAYOUTS = {
+    "shipped: base_dim 12, dim_mult [1,2,4,4]": PretrainConfig(),
+    "2x2 patches, base_dim 24, dim_mult [1,2,2]": PretrainConfig(vae_patch_size=2, vae_base_dim=24,
+                                                                  vae_dim_mult=(1, 2, 2)),
+    "2x2 patches, base_dim 16, dim_mult [1,2,2]": PretrainConfig(vae_patch_size=2, vae_base_dim=16,
+                                                                  vae_dim_mult=(1, 2, 2)),
+}
+
+
+def seconds_per_step(forward, parameters, batch: torch.Tensor, repeats: int) -> float:
+    def step():
+        loss = reconstruction_loss(forward(batch), batch)
+        for p in parameters:
+            p.grad = None
+        loss.backward()
+
+    step()  # warm-up: first-call allocations
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    batch = torch.rand(args.batch, 3, 17, 64, 64) * 2 - 1
+    rows = {}
+    for name, config in LAYOUTS.items():
+        vae = build_vae(config)
+        forward = lambda x, vae=vae: decode_unclamped(vae, vae.encode(x).latent_dist.mode())  # noqa: E731
+        params = list(vae.parameters())
+        rows[f"AutoencoderKLWan, {name}"] = (sum(p.numel() for p in params),
+                                             seconds_per_step(forward, params, batch, args.repeats))
+    for width in (24, 48):
+        model = GroupAutoencoder(width)
+        params = list(model.parameters())
+        rows[f"plain group autoencoder, width {width}"] = (sum(p.numel() for p in params),
+                                                           seconds_per_step(model, params, batch, args.repeats))
+    reference = next(iter(rows.values()))[1]
+    print(f"{'layout':60} {'params':>10} {'s/step':>7} {'vs shipped':>10}")
+    for name, (params, seconds) in rows.items():
+        print(f"{name:60} {params:>10,} {seconds:>7.3f} {seconds / reference:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
