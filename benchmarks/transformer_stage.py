@@ -50,12 +50,16 @@ def save_model(pipe, shipped: Path, out: str, record: dict, vae_record: dict | N
     timings = training["timings"]
     if vae_record:
         old_log = vae_record["log"]
-        timings.update(vae_seconds=vae_record["vae_seconds"], decoder_seconds=vae_record["decoder_seconds"])
-        training["final_losses"].update({stage: final_loss(old_log, stage) for stage in ("vae", "decoder")})
+        decoder = "decoder_seconds" in vae_record  # vae_stage.py --decoder: the decoder stage ran too
+        timings.update(vae_seconds=vae_record["vae_seconds"], decoder_seconds=vae_record.get("decoder_seconds", 0.0))
+        training["final_losses"].pop("decoder", None)
+        training["final_losses"].update({stage: final_loss(old_log, stage)
+                                         for stage in ("vae", "decoder")[:2 if decoder else 1]})
         training.pop("decoder_stage_run", None)
-        training["vae_stage_run"] = ("benchmarks/vae_stage.py --decoder, which runs the decoder stage right after it "
-                                     "(that stage depends on the VAE stage's weights only), the recipe's seeds with "
-                                     f"{json.dumps(vae_record['overrides'])}")
+        training["vae_stage_run"] = (("benchmarks/vae_stage.py --decoder, which runs the decoder stage right after it "
+                                      "(that stage depends on the VAE stage's weights only)" if decoder else
+                                      "benchmarks/vae_stage.py (no decoder stage)")
+                                     + f", the recipe's seeds with {json.dumps(vae_record['overrides'])}")
     else:
         old_log = [json.loads(line) for line in (shipped / "training_log.jsonl").read_text().splitlines()]
     timings.pop("transformer_render_seconds", None)
@@ -85,9 +89,11 @@ def main() -> None:
                         help="measure at these CFG scales instead of the backbone's")
     args = parser.parse_args()
     vae_record = json.loads(Path(args.vae_record).read_text()) if args.vae_record else None
-    if bool(args.vae) != bool(vae_record) or (vae_record and "decoder_seconds" not in vae_record):
-        parser.error("--vae and --vae-record come together, from one vae_stage.py run with --decoder")
+    if bool(args.vae) != bool(vae_record):
+        parser.error("--vae and --vae-record come together, from one vae_stage.py run")
     overrides = {**(vae_record["overrides"] if vae_record else {}), **json.loads(args.overrides)}
+    if vae_record and "decoder_seconds" not in vae_record:
+        overrides.setdefault("decoder_steps", 0)  # that VAE had no decoder stage, so its recipe has none
     config = PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml", **overrides)
     torch.set_num_threads(config.threads)
     shipped_dir = Path(get_backbone("spriteworld").local_dir)

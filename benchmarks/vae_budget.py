@@ -9,7 +9,7 @@ into 5 latent frames. Like Wan's causal cache, a group's encoder also sees the p
 previous latent frame. It measures them as the model card measures the VAE: PSNR per clip over all / sprite / scene
 pixels on seeds 1,000,000-1,000,019, uint8 frames in and out, averaged over clips.
 
-    python benchmarks/vae_budget.py                                  # widths 24 and 48, 3,000 steps each
+    python benchmarks/vae_budget.py                                  # widths 24 and 48, 6,000 steps each (21 min)
     python benchmarks/vae_budget.py --widths 24 --steps 600 --every 200 --json vae_budget.json
 """
 from __future__ import annotations
@@ -110,8 +110,8 @@ def train(width: int, clips: list, held_out: list, args) -> list[dict]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", default="24,48", help="comma-separated encoder/decoder widths")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--every", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--every", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=4, help="17-frame 64x64 clips per step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak of the one-cycle schedule")
     parser.add_argument("--clips", type=int, default=500, help="training clips (the recipe's first N)")
