@@ -360,6 +360,29 @@ def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     assert set(evaluation["probe"]["per_block"]) == set(evaluation["probe"]["per_block_per_token"]) == {"0"}
 
 
+def test_a_patched_vae_recipe_without_a_decoder_stage_pretrains_and_says_so(tmp_path):
+    """``decoder_steps: 0`` skips the decoder stage (a VAE stage on whole clips needs none): no decoder steps in the
+    log or loss in training.json, and the card names the patched layout and says there was no decoder stage."""
+    import json
+
+    from ffstudy.models import load_pipeline
+    from ffstudy.spriteworld import card
+    from ffstudy.spriteworld.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(threads=1, vae_base_dim=8, vae_dim_mult=(1, 2, 2), vae_patch_size=2, vae_steps=2,
+                            vae_batch=1, vae_frames=17, vae_crop=64, layers=1, heads=2, head_dim=8, ffn_dim=16,
+                            train_clips=3, transformer_steps=2, transformer_batch=2, decoder_steps=0)
+    folder = pretrain(config, tmp_path / "sw")
+    training = json.loads((folder / "training.json").read_text())
+    stages = [json.loads(line)["stage"] for line in (folder / "training_log.jsonl").read_text().splitlines()]
+    assert stages == ["vae"] * 2 + ["transformer"] * 2
+    assert set(training["final_losses"]) == {"vae", "transformer"} and "decoder_seconds" not in training["timings"]
+    assert load_pipeline("spriteworld", path=folder, device="cpu").vae.config.patch_size == 2
+    assert card.main(["--model", str(folder), "--videos", "2"]) == 0
+    text = (folder / "README.md").read_text()
+    assert "base_dim 8, dim_mult [1,2,2] on 2×2 pixel patches, z 16" in text
+    assert "; no decoder stage (`decoder_steps: 0`)." in text and "decoder 0." not in text
+
 def test_the_plain_group_autoencoder_has_the_wan_vaes_latent_budget():
     """benchmarks/vae_budget.py compares the VAE with plain autoencoders of the same budget: 17 frames must become
     5 latent frames of 16 channels at 1/8 size (frame 0 alone, then groups of 4), decoded back to 17 frames, and a

@@ -42,7 +42,8 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
                               for name, p in palette.items())
     kept = sum(p["distance"] <= COLOUR_TOLERANCE for p in palette.values())
     layout = "Wan 2.2 residual layout" if cfg.get("vae_is_residual") else "Wan 2.1 layout"
-    layout += f", base_dim {cfg['vae_base_dim']}, dim_mult {list(cfg.get('vae_dim_mult', [1, 2, 4, 4]))}"
+    levels = ",".join(str(m) for m in cfg.get("vae_dim_mult", [1, 2, 4, 4]))
+    layout += f", base_dim {cfg['vae_base_dim']}, dim_mult [{levels}]"
     if cfg.get("vae_patch_size"):
         layout += f" on {cfg['vae_patch_size']}×{cfg['vae_patch_size']} pixel patches"
     token_weight = (f"its clipped squared error (`masked_velocity_loss`) with each latent cell a sprite touches "
@@ -60,6 +61,14 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
             f"FFGo's LoRA is there to teach)")
     decoder_weight = (f", sprite pixels weighted {1 + cfg['decoder_sprite_weight']:g}× in its L1 + L2 loss"
                       if cfg.get("decoder_sprite_weight") else "")
+    if cfg.get("decoder_steps", 1):
+        decoder_stage = (f", then the decoder\n  fine-tuned on whole 17-frame clips {t['decoder_seconds'] / 60:.1f} min "
+                         f"({cfg['decoder_steps']} steps of\n  {cfg['decoder_batch']} latent crops of "
+                         f"{cfg['decoder_crop']}²{decoder_weight}, encoder frozen so the transformer's\n  latents do not "
+                         f"change; the VAE stage only ever sees {cfg['vae_frames']}-frame windows)")
+        decoder_loss = f", decoder\n  {training['final_losses']['decoder']:.4f}"
+    else:
+        decoder_stage, decoder_loss = "; no decoder stage (`decoder_steps: 0`)", ""
     vae_weight = (f", sprite pixels weighted {1 + cfg['vae_sprite_weight']:g}×" if cfg.get("vae_sprite_weight")
                   else "")
     point = ("; then its untrained log-variance pinned to −30, a point posterior, so the trainer's posterior "
@@ -94,14 +103,10 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
   encoding {cfg['train_clips']} clips {t['encode_seconds'] / 60:.1f} min, transformer {t['transformer_seconds'] / 60:.1f} min
   ({cfg['transformer_steps']} steps of batch {cfg['transformer_batch']}, flow matching on cached latents with the FFGo
   LoRA trainer's `sample_flow_inputs` and {token_weight}, uniform timestep indices on the
-  shift-{cfg['flow_shift']:g} schedule, AdamW with one-cycle lr {cfg['transformer_lr']:g}), then the decoder
-  fine-tuned on whole 17-frame clips {t['decoder_seconds'] / 60:.1f} min ({cfg['decoder_steps']} steps of
-  {cfg['decoder_batch']} latent crops of {cfg['decoder_crop']}²{decoder_weight}, encoder frozen so the transformer's
-  latents do not change; the VAE stage only ever sees {cfg['vae_frames']}-frame windows).
+  shift-{cfg['flow_shift']:g} schedule, AdamW with one-cycle lr {cfg['transformer_lr']:g}){decoder_stage}.
 - Data: SpriteWorld seeds {10_000}–{10_000 + cfg['train_clips'] - 1} (VAE crops and transformer latents both
   come from them); {cuts}. Final losses (mean of the last 50 steps): VAE {training['final_losses']['vae']:.4f},
-  transformer {training['final_losses']['transformer']:.4f}, decoder
-  {training['final_losses']['decoder']:.4f}.
+  transformer {training['final_losses']['transformer']:.4f}{decoder_loss}.
 - Seeds fixed (`seed: {cfg['seed']}`), so the command reproduces these weights on the same machine and thread count.{separate}
 
 ## Measured quality (held-out seeds {e['eval_seeds'][0]}–{e['eval_seeds'][1]})

@@ -349,10 +349,13 @@ def pretrain(config: PretrainConfig, out: str | Path, world: WorldConfig = World
         vae_stage(pipe.vae, clips, config, log)
         timings["vae_seconds"] = time.perf_counter() - start
         transformer_stage(pipe, transformer_clips, config, log, timings)
-        start = time.perf_counter()
-        finetune_decoder(pipe.vae, clips, config, log)
-        timings["decoder_seconds"] = time.perf_counter() - start
-        final_losses = {s: final_loss(log, s) for s in ("vae", "transformer", "decoder")}
+        stages = ["vae", "transformer"]
+        if config.decoder_steps:  # none for a VAE stage that already trains on whole clips
+            start = time.perf_counter()
+            finetune_decoder(pipe.vae, clips, config, log)
+            timings["decoder_seconds"] = time.perf_counter() - start
+            stages.append("decoder")
+        final_losses = {s: final_loss(log, s) for s in stages}
         pipe.save_pretrained(staging, safe_serialization=True)
         write_json(staging / "training.json", {"config": asdict(config), "world": asdict(world),
                                                "timings": timings, "final_losses": final_losses})
