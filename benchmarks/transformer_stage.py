@@ -53,8 +53,8 @@ def save_model(pipe, shipped: Path, out: str, record: dict, vae_record: dict | N
         decoder = "decoder_seconds" in vae_record  # vae_stage.py --decoder: the decoder stage ran too
         timings.update(vae_seconds=vae_record["vae_seconds"], decoder_seconds=vae_record.get("decoder_seconds", 0.0))
         training["final_losses"].pop("decoder", None)
-        training["final_losses"].update({stage: final_loss(old_log, stage)
-                                         for stage in ("vae", "decoder")[:2 if decoder else 1]})
+        stages = ("vae", "decoder") if decoder else ("vae",)
+        training["final_losses"].update({stage: final_loss(old_log, stage) for stage in stages})
         training.pop("decoder_stage_run", None)
         training["vae_stage_run"] = (("benchmarks/vae_stage.py --decoder, which runs the decoder stage right after it "
                                       "(that stage depends on the VAE stage's weights only)" if decoder else

@@ -25,7 +25,9 @@ from tqdm import tqdm
 
 from ffstudy.data import video_frames, video_tensor
 from ffstudy.spriteworld.evaluate import region_psnr
-from ffstudy.spriteworld.pretrain import EVAL_SEED0, TRAIN_SEED0, random_windows, reconstruction_loss
+from ffstudy.io import write_json
+from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, random_windows, reconstruction_loss,
+                                          training_clips)
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
 
 GROUP = 4      # frames per latent frame after the first, as Wan's temporal compression
@@ -122,7 +124,7 @@ def main():
     widths = [int(w) for w in args.widths.split(",")]
     torch.set_num_threads(2)
     world = WorldConfig()
-    clips = [generate_clip(TRAIN_SEED0 + i, world) for i in tqdm(range(args.clips), desc="rendering clips")]
+    clips = training_clips(PretrainConfig(train_clips=args.clips), world)
     held_out = [generate_clip(EVAL_SEED0 + i, world) for i in range(20)]
     rows = []
     for width in widths:
@@ -132,8 +134,7 @@ def main():
         print(f"{r['width']:>5} {r['params']:>9,} {r['step']:>6} {r['seconds']:>8.1f} {r['all']:>7.2f} "
               f"{r['sprites']:>8.2f} {r['scene']:>7.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+        write_json(args.json, {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

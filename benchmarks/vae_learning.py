@@ -13,7 +13,6 @@ sprite pixels and over scene pixels separately.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -23,9 +22,11 @@ from tqdm import tqdm
 
 from ffstudy.data import video_frames, video_tensor
 from ffstudy.spriteworld.metrics import masked_psnr
-from ffstudy.spriteworld.pretrain import (EVAL_SEED0, TRAIN_SEED0, PretrainConfig, build_vae, decode_unclamped,
-                                          random_windows, reconstruction_loss)
+from ffstudy.io import write_json
+from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_vae, decode_unclamped, random_windows,
+                                          reconstruction_loss, training_clips)
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
+from vae_budget import LATENT, decoder, encoder  # benchmarks/, on the path when this script runs
 
 
 class PlainAutoencoder(nn.Module):
@@ -33,14 +34,7 @@ class PlainAutoencoder(nn.Module):
 
     def __init__(self, width: int = 24):
         super().__init__()
-        w1, w2 = width, 2 * width
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, w1, 3, padding=1), nn.SiLU(), nn.Conv2d(w1, w1, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(w1, w2, 4, 2, 1), nn.SiLU(), nn.Conv2d(w2, w2, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(w2, 16, 3, padding=1))
-        up = lambda a, b: [nn.Upsample(scale_factor=2), nn.Conv2d(a, b, 3, padding=1), nn.SiLU()]  # noqa: E731
-        self.decoder = nn.Sequential(nn.Conv2d(16, w2, 3, padding=1), nn.SiLU(), *up(w2, w2), *up(w2, w1),
-                                     *up(w1, w1), nn.Conv2d(w1, 3, 3, padding=1))
+        self.encoder, self.decoder = encoder(3, width), decoder(LATENT, 3, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 1, H, W) like the VAE
         return self.decoder(self.encoder(x[:, :, 0]))[:, :, None]
@@ -98,7 +92,7 @@ def main():
         parser.error(f"--every ({args.every}) must divide --steps ({args.steps})")
     torch.set_num_threads(2)
     world = WorldConfig()
-    clips = [generate_clip(TRAIN_SEED0 + i, world) for i in tqdm(range(args.clips), desc="rendering clips")]
+    clips = training_clips(PretrainConfig(train_clips=args.clips), world)
     held_out = [generate_clip(EVAL_SEED0 + i, world) for i in range(8)]
 
     models = {}
@@ -125,8 +119,7 @@ def main():
         print(f"  {name}: {row['seconds'] / ref['seconds']:.1f}x the time per step; sprites "
               f"{row['sprites_db'] - ref['sprites_db']:+.1f} dB, scene {row['scene_db'] - ref['scene_db']:+.1f} dB")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+        write_json(args.json, {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

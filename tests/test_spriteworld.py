@@ -383,6 +383,7 @@ def test_a_patched_vae_recipe_without_a_decoder_stage_pretrains_and_says_so(tmp_
     assert "base_dim 8, dim_mult [1,2,2] on 2×2 pixel patches, z 16" in text
     assert "; no decoder stage (`decoder_steps: 0`)." in text and "decoder 0." not in text
 
+
 def test_the_plain_group_autoencoder_has_the_wan_vaes_latent_budget():
     """benchmarks/vae_budget.py compares the VAE with plain autoencoders of the same budget: 17 frames must become
     5 latent frames of 16 channels at 1/8 size (frame 0 alone, then groups of 4), decoded back to 17 frames, and a
