@@ -51,7 +51,10 @@ def save_model(pipe, shipped: Path, out: str, record: dict, vae_record: dict | N
     if vae_record:
         old_log = vae_record["log"]
         decoder = "decoder_seconds" in vae_record  # vae_stage.py --decoder: the decoder stage ran too
-        timings.update(vae_seconds=vae_record["vae_seconds"], decoder_seconds=vae_record.get("decoder_seconds", 0.0))
+        timings["vae_seconds"] = vae_record["vae_seconds"]
+        timings.pop("decoder_seconds", None)  # as pretrain's timings: the key only when the stage ran
+        if decoder:
+            timings["decoder_seconds"] = vae_record["decoder_seconds"]
         training["final_losses"].pop("decoder", None)
         stages = ("vae", "decoder") if decoder else ("vae",)
         training["final_losses"].update({stage: final_loss(old_log, stage) for stage in stages})

@@ -73,7 +73,7 @@ def train(name, model, forward, clips, held_out, args) -> list[dict]:
         if step % args.every == 0:
             model.eval()
             sprites, scene = first_frame_psnr(forward, held_out)
-            rows.append({"model": name, "step": step, "seconds": round(elapsed, 1), "loss": float(loss.detach()),
+            rows.append({"model": name, "step": step, "seconds": round(elapsed, 3), "loss": float(loss.detach()),
                          "sprites_db": round(sprites, 2), "scene_db": round(scene, 2)})
     return rows
 

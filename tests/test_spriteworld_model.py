@@ -104,6 +104,30 @@ def test_the_card_names_the_recipe_of_weights_assembled_from_stage_runs():
     assert "8 × 9-frame 32² crops" in card and "only ever sees 9-frame windows" in card
 
 
+def test_a_model_assembled_from_stage_runs_records_only_the_stages_it_had(tmp_path):
+    """transformer_stage.py --save writes training.json as pretrain would: a VAE record without a decoder stage
+    leaves no decoder time or loss behind, and one with it carries both and the decoder's log."""
+    from benchmarks.transformer_stage import save_model
+
+    pipe = load_pipeline("spriteworld")
+    record = {"overrides": {"transformer_steps": 2}, "own_clips": False, "encode_seconds": 1.0,
+              "transformer_seconds": 2.0, "transformer_final_loss": 3.0,
+              "log": [{"stage": "transformer", "step": s, "loss": 3.0} for s in (1, 2)]}
+    vae_log = [{"stage": "vae", "step": 1, "loss": 0.5}]
+    plain = {"overrides": {"decoder_steps": 0}, "vae_seconds": 10.0, "log": vae_log}
+    with_decoder = {**plain, "overrides": {}, "decoder_seconds": 4.0,
+                    "log": vae_log + [{"stage": "decoder", "step": 1, "loss": 0.25}]}
+    for name, vae_record in (("plain", plain), ("decoder", with_decoder)):
+        save_model(pipe, SPRITEWORLD_DIR, tmp_path / name, record, vae_record)
+    plain_training = json.loads((tmp_path / "plain" / "training.json").read_text())
+    assert "decoder_seconds" not in plain_training["timings"] and "decoder" not in plain_training["final_losses"]
+    assert plain_training["timings"]["vae_seconds"] == 10.0
+    training = json.loads((tmp_path / "decoder" / "training.json").read_text())
+    assert training["timings"]["decoder_seconds"] == 4.0 and training["final_losses"]["decoder"] == 0.25
+    log = [json.loads(line) for line in (tmp_path / "decoder" / "training_log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log] == ["vae", "transformer", "transformer", "decoder"]  # pretrain's order
+
+
 def test_loads_offline_and_generates_on_cpu_deterministically():
     pipe = load_pipeline("spriteworld")
     assert pipe.transformer.config.in_channels == 36 and pipe.image_encoder is None
