@@ -51,12 +51,10 @@ def save_model(pipe, shipped: Path, out: str, record: dict, vae_record: dict | N
     if vae_record:
         old_log = vae_record["log"]
         decoder = "decoder_seconds" in vae_record  # vae_stage.py --decoder: the decoder stage ran too
-        timings["vae_seconds"] = vae_record["vae_seconds"]
-        timings.pop("decoder_seconds", None)  # as pretrain's timings: the key only when the stage ran
-        if decoder:
-            timings["decoder_seconds"] = vae_record["decoder_seconds"]
-        training["final_losses"].pop("decoder", None)
         stages = ("vae", "decoder") if decoder else ("vae",)
+        timings.pop("decoder_seconds", None)  # as pretrain writes them: a stage's time and loss only if it ran
+        training["final_losses"].pop("decoder", None)
+        timings.update({f"{stage}_seconds": vae_record[f"{stage}_seconds"] for stage in stages})
         training["final_losses"].update({stage: final_loss(old_log, stage) for stage in stages})
         training.pop("decoder_stage_run", None)
         training["vae_stage_run"] = (("benchmarks/vae_stage.py --decoder, which runs the decoder stage right after it "

@@ -24,8 +24,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ffstudy.data import video_frames, video_tensor
-from ffstudy.spriteworld.evaluate import region_psnr
 from ffstudy.io import write_json
+from ffstudy.spriteworld.evaluate import region_psnr
 from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, random_windows, reconstruction_loss,
                                           training_clips)
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
