@@ -184,8 +184,8 @@ for name, c in (("no cut", clip), ("with a cut", cut_clip)):
 # %% [markdown]
 # Read the two criteria side by side. By **total mass** a sprite almost never wins: every later token spreads much
 # of its first-frame attention over the background, which is most of frame 0. **Per token of area** the picture
-# flips: in every block, tokens on a sprite read *their own* sprite more often than chance (here up to 3.5 times;
-# one block of the uncut clip sits just above chance), and they still do after the cut, when the sprite has jumped
+# flips: in every block, tokens on a sprite read *their own* sprite more often than chance (here 2 to 4 times as
+# often), and they still do after the cut, when the sprite has jumped
 # somewhere else in a new scene — the only place the model can have found it is frame 0. This is the memory FFGo
 # builds on.
 

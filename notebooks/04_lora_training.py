@@ -183,7 +183,7 @@ course.show_videos({"composite → base model": base.full, "composite → FFGo L
 #
 # | config | model | memory (GPU rows: one H100 80GB, `benchmarks/train_memory.py`: real layouts, random weights) | time |
 # |---|---|---|---|
-# | `spriteworld-cpu.yaml` | SpriteWorld, 1.8 M parameters | CPU: 1.0 GB peak RSS (measured, the whole few-shot experiment process) | 1,200 steps: 215–304 s on 2 cores (measured, N = 5–50 examples, writing and encoding them included) |
+# | `spriteworld-cpu.yaml` | SpriteWorld, 1.8 M parameters | CPU: 1.0 GB peak RSS (measured, the whole few-shot experiment process) | 1,200 steps: 225–250 s on 2 cores (measured, N = 5–50 examples, writing and encoding them included) |
 # | `wan2.2-ti2v-5b.yaml` | Wan2.2-TI2V-5B | 17.0 GiB peak: a 24 GB GPU | 0.78 s per micro-batch on an H100 |
 # | `wan2.2-i2v-a14b.yaml` | Wan2.2-I2V-A14B, one expert at a time | 54.3 GiB at batch 1; 74.7 GiB at the paper's batch 2 (needs `expandable_segments`); 81-frame clips do not fit 80 GB | 9.7 s (batch 1), 19.2 s (batch 2) per step on an H100; paper: about 5 h per expert on 2× H200 |
 #

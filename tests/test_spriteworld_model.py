@@ -96,11 +96,17 @@ def test_the_card_names_the_recipe_of_weights_assembled_from_stage_runs():
     evaluation = json.loads((SPRITEWORLD_DIR / "evaluation.json").read_text())
     sizes = dict.fromkeys(("vae_params", "vae_mb", "transformer_params", "transformer_mb", "text_params", "text_mb",
                            "total_mb"), 1.0)
-    assert "The VAE stage of these weights" not in render_card(training, evaluation, sizes)
-    training["config"]["vae_frames"] = 9
+    pretrained = {k: v for k, v in training.items() if not k.endswith("_stage_run")}  # as pretrain writes it
+    card = render_card(pretrained, evaluation, sizes)
+    assert "of these weights was run on its own" not in card and "has not been run end to end" not in card
+    assert "so the command reproduces these weights" in card
+    pretrained["config"] = {**pretrained["config"], "vae_frames": 17}  # whole clips: no windows to speak of
+    assert "-frame windows" not in render_card(pretrained, evaluation, sizes)
+    training["config"] |= {"vae_frames": 9, "vae_batch": 8, "vae_crop": 32}
     training["vae_stage_run"] = "benchmarks/vae_stage.py --decoder"
     card = render_card(training, evaluation, sizes)
     assert "The VAE stage of these weights was run on its own, by benchmarks/vae_stage.py --decoder." in card
+    assert "the command has not been run end to end for them" in card
     assert "8 × 9-frame 32² crops" in card and "only ever sees 9-frame windows" in card
 
 
@@ -186,7 +192,9 @@ def test_a_fresh_decoder_keeps_the_shipped_encoder_and_its_latents():
     with torch.no_grad():
         assert torch.equal(fresh.encode(x).latent_dist.mode(), shipped.encode(x).latent_dist.mode())
         assert fresh.decode(shipped.encode(x).latent_dist.mode()).sample.shape == x.shape
-    assert fresh.decoder.conv_in.out_channels == 16 * 4 and shipped.decoder.conv_in.out_channels == 12 * 4
+    widest = shipped.config.dim_mult[-1]  # the decoder opens at its base width times the last multiplier
+    assert fresh.decoder.conv_in.out_channels == 16 * widest
+    assert shipped.decoder.conv_in.out_channels == shipped.config.base_dim * widest != 16 * widest
     with tempfile.TemporaryDirectory() as folder:
         fresh.save_pretrained(folder)
         assert AutoencoderKLWan.from_pretrained(folder).config.decoder_base_dim == 16

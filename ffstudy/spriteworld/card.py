@@ -49,6 +49,10 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
     token_weight = (f"its clipped squared error (`masked_velocity_loss`) with each latent cell a sprite touches "
                     f"weighted {1 + cfg['transformer_sprite_weight']:g}×" if cfg.get("transformer_sprite_weight")
                     else "`masked_velocity_loss`")
+    reproduced = ("but these weights were assembled from the stage runs below, each with the recipe's settings and "
+                  "seeds; the command has not been run end to end for them."
+                  if any(key.endswith("_stage_run") for key in training)
+                  else "so the command reproduces these weights on the same machine and thread count.")
     separate = "".join(f"\n- The {stage} stage of these weights was run on its own, by {run}."
                        for stage in ("VAE", "transformer", "decoder")
                        if (run := training.get(f"{stage.lower()}_stage_run")))
@@ -61,11 +65,13 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
             f"FFGo's LoRA is there to teach)")
     decoder_weight = (f", sprite pixels weighted {1 + cfg['decoder_sprite_weight']:g}× in its L1 + L2 loss"
                       if cfg.get("decoder_sprite_weight") else "")
+    windows = (f"; the VAE stage only ever sees {cfg['vae_frames']}-frame windows"
+               if cfg["vae_frames"] < world["num_frames"] else "")
     if cfg.get("decoder_steps", 1):
         decoder_stage = (f", then the decoder\n  fine-tuned on whole 17-frame clips {t['decoder_seconds'] / 60:.1f} min "
                          f"({cfg['decoder_steps']} steps of\n  {cfg['decoder_batch']} latent crops of "
                          f"{cfg['decoder_crop']}²{decoder_weight}, encoder frozen so the transformer's\n  latents do not "
-                         f"change; the VAE stage only ever sees {cfg['vae_frames']}-frame windows)")
+                         f"change{windows})")
         decoder_loss = f", decoder\n  {training['final_losses']['decoder']:.4f}"
     else:
         decoder_stage, decoder_loss = "; no decoder stage (`decoder_steps: 0`)", ""
@@ -107,7 +113,7 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
 - Data: SpriteWorld seeds {10_000}–{10_000 + cfg['train_clips'] - 1} (VAE crops and transformer latents both
   come from them); {cuts}. Final losses (mean of the last 50 steps): VAE {training['final_losses']['vae']:.4f},
   transformer {training['final_losses']['transformer']:.4f}{decoder_loss}.
-- Seeds fixed (`seed: {cfg['seed']}`), so the command reproduces these weights on the same machine and thread count.{separate}
+- Seeds fixed (`seed: {cfg['seed']}`), {reproduced}{separate}
 
 ## Measured quality (held-out seeds {e['eval_seeds'][0]}–{e['eval_seeds'][1]})
 
