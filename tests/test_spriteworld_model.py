@@ -293,12 +293,37 @@ def test_the_experiment_resumes_with_its_finished_loras_and_their_training_times
         {k: first["runs"]["2"][k] for k in ("retention", "present", "clean")}
     assert "(`--resume`) reloaded and re-measured them" in render_experiment(again) and "(`--resume`)" in \
         render_check(again)
+    assert "--resume --trained-by data/models/spriteworld-i2v/experiment.json`" in render_check(again, first)
+    assert "The same LoRAs (the experiment's own files, reloaded)" in render_check(again, first)
+    assert "--trained-by" not in render_check(first) and "(retrained from the same seeds" in render_check(first, first)
     assert "(`--resume`)" not in render_experiment(first) and "steps and CFG 1," in render_experiment(first)
     before_cfg_was_recorded = {k: v for k, v in first.items() if k != "guidance_scale"}
     assert "CFG 6 (results saved before the CFG was recorded)" in render_experiment(before_cfg_was_recorded)
     changed = r"lora-2-w\S+ holds a LoRA trained with other settings \(checkpoint_every, max_steps\)"
     with pytest.raises(ValueError, match=changed):
         run(tmp_path, **{**settings, "steps": 3}, resume=True, previous=first)
+
+
+def test_the_experiment_command_checks_other_composites_with_the_training_times_of_the_run_that_trained_them(
+        tmp_path, capsys):
+    """The model card's check reruns finished LoRAs on other composites into its own results file; their training
+    times must come from the experiment's file (``--trained-by``), since the check's file has none to give."""
+    import pytest
+
+    from ffstudy.spriteworld.experiment import main
+
+    out, trained, check = tmp_path / "runs", tmp_path / "experiment.json", tmp_path / "check.json"
+    common = ["--out", str(out), "--sizes", "2", "--heldout", "1", "--steps", "2"]
+    assert main(common + ["--results", str(trained)]) == 0
+    again = common + ["--first-heldout", "3000040", "--results", str(check), "--resume"]
+    with pytest.raises(ValueError, match=r"run that trained it \(--trained-by\)"):
+        main(again)
+    with pytest.raises(SystemExit):
+        main(again + ["--trained-by", str(tmp_path / "missing.json")])
+    assert "missing.json: no such results file" in capsys.readouterr().err
+    assert main(again + ["--trained-by", str(trained)]) == 0
+    row, first = (json.loads(f.read_text())["runs"]["2"] for f in (check, trained))
+    assert row["lora_reused"] and row["train_seconds"] == first["train_seconds"] and "lora_reused" not in first
 
 
 def test_lora_training_on_the_shipped_model_repeats_in_any_process(tmp_path):

@@ -253,8 +253,10 @@ def render_check(check: dict, experiment: dict | None = None) -> str:
     goals = retention_goals({int(n): r for n, r in check["runs"].items()})
     verdict = f"\nGoals, measured here: {goals}.\n" if goals else ""
     plain = " --compare-plain" if "plain_loss_runs" in check else ""
+    reuse = ("\n--resume --trained-by data/models/spriteworld-i2v/experiment.json" if _resumed(check) else "")
     same = experiment is not None and device_of(experiment) == device_of(check)
-    retrained = ("retrained from the same seeds on the same device: the same weights, tensor for tensor" if same
+    retrained = ("the experiment's own files, reloaded" if _resumed(check) else
+                 "retrained from the same seeds on the same device: the same weights, tensor for tensor" if same
                  else f"retrained from the same seeds on {device_of(check)}")
     return f"""
 ### Checked on composites not used for tuning
@@ -262,7 +264,7 @@ def render_check(check: dict, experiment: dict | None = None) -> str:
 The loss weight and step count above were chosen against those held-out composites. The same LoRAs ({retrained}) on
 {composites} other composites (seeds {first}–{last}),
 `python -m ffstudy.spriteworld.experiment --sizes {",".join(str(n) for n in check["sizes"])}{plain}
---first-heldout {first} --heldout {composites} --results data/models/spriteworld-i2v/experiment-check.json`,
+--first-heldout {first} --heldout {composites} --results data/models/spriteworld-i2v/experiment-check.json{reuse}`,
 sampled with {_sampler(check)}.{_resumed(check)}
 
 | loss | N | entity retention | final frame is the scene | background PSNR | clean transition |

@@ -144,7 +144,7 @@ def carried_train_seconds(previous: dict | None, key: str, n: int, folder: str) 
     row = rows.get(str(n))
     if row is None:
         raise ValueError(f"{folder} holds a finished LoRA but the previous results have no {key}[{n}] row to take "
-                         "its training time from: pass the results file of the run that trained it")
+                         "its training time from: pass the results file of the run that trained it (--trained-by)")
     return row["train_seconds"]
 
 
@@ -224,12 +224,18 @@ def main(argv=None) -> int:
                         help="also train every N with FFGo's plain loss (entity_loss_weight 0) and report both")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the LoRAs already trained in --out (only generation and measurement rerun); "
-                             "their training times are carried over from the existing --results file")
+                             "their training times are carried over from the --trained-by file")
+    parser.add_argument("--trained-by", metavar="FILE",
+                        help="with --resume: the results file of the run that trained those LoRAs (default: --results, "
+                             "so a check on other composites names the experiment's file here)")
     args = parser.parse_args(argv)
     sizes = [int(v) for v in args.sizes.split(",")]
     if args.ship_lora is not None and (args.ship_lora not in sizes or args.ship_lora == 0):
         parser.error(f"--ship-lora {args.ship_lora}: not a trained size among --sizes {args.sizes} (N = 0 has no LoRA)")
-    previous = json.loads(Path(args.results).read_text()) if args.resume and Path(args.results).exists() else None
+    if args.trained_by is not None and not (args.resume and Path(args.trained_by).is_file()):
+        parser.error(f"--trained-by {args.trained_by}: " + ("no such results file" if args.resume else "needs --resume"))
+    trained_by = Path(args.trained_by or args.results)
+    previous = json.loads(trained_by.read_text()) if args.resume and trained_by.exists() else None
     results = run(args.out, sizes, args.heldout, args.steps, compare_plain=args.compare_plain,
                   first_heldout=args.first_heldout, resume=args.resume, previous=previous)
     write_json(args.results, results)
