@@ -49,13 +49,12 @@ def render_card(training: dict, evaluation: dict, sizes: dict[str, float]) -> st
     token_weight = (f"its clipped squared error (`masked_velocity_loss`) with each latent cell a sprite touches "
                     f"weighted {1 + cfg['transformer_sprite_weight']:g}×" if cfg.get("transformer_sprite_weight")
                     else "`masked_velocity_loss`")
-    reproduced = ("but these weights were assembled from the stage runs below, each with the recipe's settings and "
-                  "seeds; the command has not been run end to end for them."
-                  if any(key.endswith("_stage_run") for key in training)
-                  else "so the command reproduces these weights on the same machine and thread count.")
     separate = "".join(f"\n- The {stage} stage of these weights was run on its own, by {run}."
                        for stage in ("VAE", "transformer", "decoder")
                        if (run := training.get(f"{stage.lower()}_stage_run")))
+    reproduced = ("but these weights were assembled from the stage runs below, each with the recipe's settings and "
+                  "seeds; the command has not been run end to end for them." if separate
+                  else "so the command reproduces these weights on the same machine and thread count.")
     share = cfg.get("transformer_cut_probability")
     cuts = (f"{world['cut_probability']:.0%} of clips cut hard to a new scene in which the same sprites reappear"
             if share is None or share == world["cut_probability"] else
@@ -253,9 +252,10 @@ def render_check(check: dict, experiment: dict | None = None) -> str:
     goals = retention_goals({int(n): r for n, r in check["runs"].items()})
     verdict = f"\nGoals, measured here: {goals}.\n" if goals else ""
     plain = " --compare-plain" if "plain_loss_runs" in check else ""
-    reuse = ("\n--resume --trained-by data/models/spriteworld-i2v/experiment.json" if _resumed(check) else "")
+    resumed = _resumed(check)
+    reuse = "\n--resume --trained-by data/models/spriteworld-i2v/experiment.json" if resumed else ""
     same = experiment is not None and device_of(experiment) == device_of(check)
-    retrained = ("the experiment's own files, reloaded" if _resumed(check) else
+    retrained = ("the experiment's own files, reloaded" if resumed else
                  "retrained from the same seeds on the same device: the same weights, tensor for tensor" if same
                  else f"retrained from the same seeds on {device_of(check)}")
     return f"""
@@ -265,7 +265,7 @@ The loss weight and step count above were chosen against those held-out composit
 {composites} other composites (seeds {first}–{last}),
 `python -m ffstudy.spriteworld.experiment --sizes {",".join(str(n) for n in check["sizes"])}{plain}
 --first-heldout {first} --heldout {composites} --results data/models/spriteworld-i2v/experiment-check.json{reuse}`,
-sampled with {_sampler(check)}.{_resumed(check)}
+sampled with {_sampler(check)}.{resumed}
 
 | loss | N | entity retention | final frame is the scene | background PSNR | clean transition |
 |---|---|---|---|---|---|
