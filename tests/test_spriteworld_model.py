@@ -233,6 +233,27 @@ def test_the_shipped_ffgo_lora_loads_and_changes_the_video():
     assert not np.array_equal(base.frames, tuned.frames)
 
 
+def test_the_check_pools_its_composites_with_the_experiments_and_points_to_what_was_tried_on_a_miss():
+    """80 check composites at 37.5 % and 40 tuning ones at 25 % are 40 of 120 pooled; sets that overlap are not
+    pooled (a composite would count twice), and only a missed goal sends the reader to what was tried."""
+    from ffstudy.spriteworld.card import pooled_retention, render_check
+
+    def results(first, count, no_lora, weighted):
+        row = dict(final_in_scene=1.0, background_psnr=15.0, clean=0.5)
+        return {"heldout_seeds": [first, first + count - 1], "sizes": [0, 50], "entity_loss_weight": 19.0,
+                "guidance_scale": 1.0, "runs": {"0": {**row, "retention": no_lora},
+                                                "50": {**row, "retention": weighted}}}
+
+    tuned, check = results(3_000_000, 40, 0.25, 0.975), results(3_000_040, 80, 0.375, 0.9625)
+    assert pooled_retention(check, tuned) == ("\nPooled with the experiment's 40 composites (120 in all, weighted "
+                                              "loss): N = 0 33.3% (26%–42%), N = 50 96.7% (92%–99%).\n")
+    assert pooled_retention(results(3_000_039, 80, 0.375, 0.9625), tuned) == ""  # seed 3,000,039 is in both
+    card = render_check(check, tuned)
+    assert "N = 0 retention ≤ 30%: **missed**" in card and "What was tried against a goal missed here" in card
+    met = render_check(results(3_000_040, 80, 0.25, 0.9625), tuned)
+    assert "**missed**" not in met and "What was tried" not in met and "N = 0 25.0% (18%–33%)" in met
+
+
 def test_the_miniature_experiment_runs_end_to_end_and_ships_a_loadable_lora(tmp_path):
     import torch
 
