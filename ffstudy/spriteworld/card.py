@@ -247,14 +247,15 @@ def pooled_retention(check: dict, experiment: dict) -> str:
     if first <= tuned_last and tuned_first <= last:
         return ""
     checked, tuned = _composites(check), _composites(experiment)
-    tuned_runs = {int(n): r for n, r in experiment["runs"].items()}
-    shares = [(int(n), (round(r["retention"] * checked) + round(tuned_runs[int(n)]["retention"] * tuned))
-               / (checked + tuned)) for n, r in sorted(check["runs"].items(), key=lambda kv: int(kv[0]))
-              if int(n) in tuned_runs]
-    if not shares:
+    checked_runs, tuned_runs = ({int(n): r for n, r in results["runs"].items()} for results in (check, experiment))
+    shared = sorted(checked_runs.keys() & tuned_runs.keys())
+    if not shared:
         return ""
+    kept = {n: round(checked_runs[n]["retention"] * checked) + round(tuned_runs[n]["retention"] * tuned)
+            for n in shared}
     return (f"\nPooled with the experiment's {tuned} composites ({checked + tuned} in all, weighted loss): "
-            + ", ".join(f"N = {n} {_share_interval(share, checked + tuned)}" for n, share in shares) + ".\n")
+            + ", ".join(f"N = {n} {_share_interval(kept[n] / (checked + tuned), checked + tuned)}" for n in shared)
+            + ".\n")
 
 
 def render_check(check: dict, experiment: dict | None = None) -> str:
