@@ -217,7 +217,8 @@ def cmd_train(args) -> int:
     from .train import main as train_main
 
     return train_main(["--config", args.config] + (["--resume"] if args.resume else [])
-                      + (["--max-steps", str(args.max_steps)] if args.max_steps else []))
+                      + (["--force-resume"] if args.force_resume else [])
+                      + (["--max-steps", str(args.max_steps)] if args.max_steps is not None else []))
 
 
 def cmd_lora(args) -> int:
@@ -343,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Same as python -m ffstudy.train; for several processes use "
                                    "accelerate launch --multi_gpu --num_processes N -m ffstudy.train.")
     p.add_argument("--config", required=True)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint (refused if another run's settings or data wrote it)")
+    p.add_argument("--force-resume", action="store_true",
+                   help="continue from the latest checkpoint even if its settings or data differ")
     p.add_argument("--max-steps", type=int)
     p.set_defaults(func=cmd_train)
 

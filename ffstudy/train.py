@@ -39,6 +39,10 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class ResumeMismatchError(ValueError):
+    """``--resume`` found a checkpoint that another run (other settings, data or seed) wrote."""
+
+
 @dataclass
 class TrainConfig:
     manifest: str
@@ -187,6 +191,59 @@ def add_ffgo_lora(transformer, config: "TrainConfig") -> list[torch.nn.Parameter
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
+# settings a resumed run may change: they decide how long to train and where to write, not what a step computes
+RESUMABLE_SETTINGS = ("manifest", "output_dir", "max_steps", "checkpoint_every", "validation_every",
+                      "validation_inference_steps", "cache_dir")
+
+
+def dataset_digest(manifest: str | Path) -> str:
+    """SHA-256 of the manifest and of every file it names: a checkpoint belongs to this data and no other."""
+    dataset = FewShotDataset.load(manifest)
+    digest = hashlib.sha256(Path(manifest).read_bytes())
+    for e in dataset.examples:
+        for relative in [e.video, *e.cutouts, e.background, e.composite, e.masks]:
+            path = dataset.path(relative) if relative else None
+            if path is not None and path.is_file():
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def run_fingerprint(config: TrainConfig, expert: str) -> dict:
+    """What a checkpoint must share with the run that resumes it: the expert, every setting a step depends on
+    (seed included) and the dataset's content."""
+    settings = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_SETTINGS}
+    return {"expert": expert, "settings": json.loads(json.dumps(settings)), "data": dataset_digest(config.manifest)}
+
+
+def fingerprint_changes(saved: dict, current: dict) -> list[str]:
+    """The differences between a checkpoint's fingerprint and this run's, in words."""
+    changes = [f"expert {saved.get('expert')!r} -> {current['expert']!r}"] \
+        if saved.get("expert") != current["expert"] else []
+    old, new = saved.get("settings", {}), current["settings"]
+    changes += [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+                if old.get(k) != new.get(k)]
+    if saved.get("data") != current["data"]:
+        changes.append("the dataset (the manifest or a file it names) changed")
+    return changes
+
+
+def check_resumable(checkpoint: Path, fingerprint: dict, force: bool = False) -> None:
+    """Refuse to resume from a checkpoint of another run, saying what differs; ``force`` continues anyway."""
+    state = json.loads((checkpoint / "state.json").read_text())
+    if "fingerprint" not in state:
+        print(f"warning: {checkpoint} was written before ffstudy stored run fingerprints; resuming from it "
+              "unchecked", flush=True)
+        return
+    changes = fingerprint_changes(state["fingerprint"], fingerprint)
+    if changes and not force:
+        raise ResumeMismatchError(
+            f"--resume: {checkpoint} belongs to another run ({'; '.join(changes)}). To start fresh, run without "
+            f"--resume (this folder's checkpoints are then replaced) or set another output_dir; to continue from it "
+            f"with the new settings anyway, use --force-resume.")
+    if changes:
+        print(f"warning: --force-resume: continuing {checkpoint} despite {'; '.join(changes)}", flush=True)
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
     done = sorted(p for p in directory.glob("checkpoint-*") if p.is_dir() and (p / "state.json").is_file())
     return done[-1] if done else None
@@ -199,7 +256,8 @@ def _state_dict_options(**options):
     return StateDictOptions(full_state_dict=True, **options)
 
 
-def write_checkpoint(accelerator, directory: Path, step: int, transformer, optimizer, generator, expert: str) -> None:
+def write_checkpoint(accelerator, directory: Path, step: int, transformer, optimizer, generator, expert: str,
+                     fingerprint: dict) -> None:
     """All ranks write their RNG state into a temporary folder; the main rank adds the LoRA, optimizer and
     step, then renames it into place, so a kill at any moment leaves the previous checkpoint intact."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -217,14 +275,16 @@ def write_checkpoint(accelerator, directory: Path, step: int, transformer, optim
     if accelerator.is_main_process:
         save_lora(accelerator.unwrap_model(transformer), staging, expert, state_dict=full_state)
         torch.save(optimizer_state, staging / "optimizer.pt")
-        (staging / "state.json").write_text(json.dumps({"step": step, "expert": expert}))
+        (staging / "state.json").write_text(json.dumps({"step": step, "expert": expert, "fingerprint": fingerprint}))
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
     accelerator.wait_for_everyone()
 
 
-def read_checkpoint(accelerator, checkpoint: Path, transformer, optimizer, generator, expert: str) -> int:
-    """Every rank reads the full LoRA and optimizer state; ``set_*_state_dict`` shards them as the model is."""
+def read_checkpoint(accelerator, checkpoint: Path, transformer, optimizer, generator, expert: str,
+                    config: TrainConfig) -> int:
+    """Every rank reads the full LoRA and optimizer state; ``set_*_state_dict`` shards them as the model is. The
+    optimizer's hyperparameters are the config's, not the checkpoint's (they differ only under --force-resume)."""
     from diffusers.utils import convert_unet_state_dict_to_peft
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
@@ -242,6 +302,8 @@ def read_checkpoint(accelerator, checkpoint: Path, transformer, optimizer, gener
     set_optimizer_state_dict(transformer, optimizer.optimizer, torch.load(checkpoint / "optimizer.pt",
                                                                           weights_only=True),
                              options=_state_dict_options())
+    for group in optimizer.param_groups:
+        group.update(lr=config.learning_rate, weight_decay=config.weight_decay, eps=config.adam_epsilon)
     generator.set_state(torch.load(checkpoint / f"rng-{accelerator.process_index}.pt", weights_only=True))
     return json.loads((checkpoint / "state.json").read_text())["step"]
 
@@ -255,6 +317,17 @@ def _trim_log(path: Path, step: int) -> None:
             writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
             writer.writeheader()
             writer.writerows(kept)
+
+
+def _start_over(run_dir: Path, log_path: Path) -> None:
+    """A run without --resume replaces what an earlier run left, so a later --resume cannot pick up its steps."""
+    earlier = sorted(run_dir.glob("checkpoint-*"))
+    if earlier:
+        print(f"starting over in {run_dir}: removing {len(earlier)} checkpoint(s) of an earlier run "
+              f"({earlier[-1].name} last; --resume continues a run instead)", flush=True)
+    for folder in earlier:
+        shutil.rmtree(folder)
+    log_path.unlink(missing_ok=True)
 
 
 LOG_FIELDS = ["step", "expert", "loss", "grad_norm", "sigma", "learning_rate", "seconds"]
@@ -284,9 +357,11 @@ def encode_dataset(accelerator, pipe, config: TrainConfig) -> list[dict[str, tor
     return encoded
 
 
-def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pipeline: bool = False
-                 ) -> "TrainResult":
-    """Train one LoRA (one expert); the result names its folder and diffusers-format file."""
+def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pipeline: bool = False,
+                 force_resume: bool = False) -> "TrainResult":
+    """Train one LoRA (one expert); the result names its folder and diffusers-format file. ``resume`` continues
+    from the latest checkpoint if it belongs to this run (``force_resume``: even if not); without it the run
+    starts over and replaces the folder's checkpoints."""
     from accelerate import Accelerator
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
@@ -296,9 +371,12 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
     accelerator = Accelerator(cpu=not cuda, mixed_precision=precision,
                               gradient_accumulation_steps=config.gradient_accumulation_steps)
     run_dir = Path(config.output_dir) / expert
+    fingerprint = run_fingerprint(config, expert)
+    checkpoint = latest_checkpoint(run_dir) if resume or force_resume else None
+    if checkpoint is not None:
+        check_resumable(checkpoint, fingerprint, force_resume)  # before minutes of loading and encoding
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        write_json(run_dir / "config.json", asdict(config))
 
     # 1. the backbone, frozen, with a fresh LoRA on the expert being trained
     pipe = load_pipeline(config.model, device=accelerator.device, path=config.model_path)
@@ -328,15 +406,15 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
     generator = torch.Generator().manual_seed(config.seed + 1000 * accelerator.process_index)
     sigmas, lo, hi = expert_timestep_range(expert, config.boundary_ratio, config.flow_shift)
     step, log_path = 0, run_dir / "loss.csv"
-    checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
-        step = read_checkpoint(accelerator, checkpoint, transformer, optimizer, generator, expert)
+        step = read_checkpoint(accelerator, checkpoint, transformer, optimizer, generator, expert, config)
         accelerator.print(f"resumed {expert} from {checkpoint} at step {step}")
     if accelerator.is_main_process:
         if checkpoint is not None:
             _trim_log(log_path, step)
-        elif log_path.exists():
-            log_path.unlink()
+        else:
+            _start_over(run_dir, log_path)
+    accelerator.wait_for_everyone()
     accelerator.print(f"training the {expert} expert: {len(params)} LoRA tensors on {len(params) // 2} modules, "
                       f"timestep indices [{lo}, {hi}), {len(encoded)} clips, {accelerator.num_processes} process(es)")
 
@@ -376,7 +454,7 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
                                      learning_rate=config.learning_rate,
                                      seconds=f"{time.perf_counter() - started:.4f}"))
         if step % config.checkpoint_every == 0 or step == config.max_steps:
-            write_checkpoint(accelerator, run_dir, step, transformer, optimizer, generator, expert)
+            write_checkpoint(accelerator, run_dir, step, transformer, optimizer, generator, expert, fingerprint)
         if config.validation_every and step % config.validation_every == 0 and step < config.max_steps:
             validate(accelerator, pipe, config, run_dir, step, parked)
     bar.close()
@@ -452,7 +530,7 @@ def validate(accelerator, pipe, config: TrainConfig, run_dir: Path, step: int, p
         torch.cuda.empty_cache()
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict[str, "TrainResult"]:
+def train(config: TrainConfig, resume: bool = False, force_resume: bool = False) -> dict[str, "TrainResult"]:
     """Train the experts ``config.expert`` asks for, one after the other; returns ``{expert: result}``."""
     two_experts = get_backbone(config.model).family == "wan2.2-i2v"
     if config.expert == "both":
@@ -467,13 +545,16 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, "TrainResult"]
         experts = ["main"]
     else:
         raise ValueError(f"expert={config.expert!r}: use 'high', 'low', 'both' or 'full'")
-    return {expert: train_expert(config, expert, resume) for expert in experts}
+    return {expert: train_expert(config, expert, resume, force_resume=force_resume) for expert in experts}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffstudy train", description="Train an FFGo LoRA from a YAML config.")
     parser.add_argument("--config", required=True, help="YAML file of TrainConfig settings (see configs/)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint (refused if another run's settings or data wrote it)")
+    parser.add_argument("--force-resume", action="store_true",
+                        help="continue from the latest checkpoint even if its settings or data differ")
     parser.add_argument("--max-steps", type=int, help="override max_steps")
     parser.add_argument("--output-dir", help="override output_dir")
     parser.add_argument("--manifest", help="override the dataset manifest")
@@ -484,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = TrainConfig.from_file(args.config, max_steps=args.max_steps, output_dir=args.output_dir,
                                    manifest=args.manifest)
-    for expert, result in train(config, resume=args.resume).items():
+    for expert, result in train(config, resume=args.resume, force_resume=args.force_resume).items():
         if result.losses:
             print(f"{expert}: {len(result.losses)} steps, loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; "
                   f"LoRA in {result.lora}")
