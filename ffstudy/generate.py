@@ -21,7 +21,7 @@ from PIL import Image
 
 from .compose import Composite, letterbox
 from .io import load_image, save_image, to_uint8, write_json, write_video
-from .models import backbone_of, ffgo_scheduler
+from .models import backbone_of, ffgo_scheduler, sigma_schedule_of
 
 TRIGGER = "ad23r2 the camera view suddenly changes."
 WAN_NEGATIVE_PROMPT = (
@@ -155,7 +155,8 @@ def generate(
     full_prompt = with_trigger(prompt, trigger)
 
     if pipe.scheduler.config.get("flow_shift") != flow_shift:
-        pipe.scheduler = ffgo_scheduler(pipe.scheduler.config, flow_shift=flow_shift)
+        pipe.scheduler = ffgo_scheduler(pipe.scheduler.config, flow_shift=flow_shift,
+                                        sigma_schedule=sigma_schedule_of(pipe.scheduler))
     two_experts = getattr(pipe, "transformer_2", None) is not None
     if two_experts and guidance_scale_2 is None:
         guidance_scale_2 = guidance_scale
@@ -177,7 +178,8 @@ def generate(
     settings = dict(backbone=spec.name if spec else None, negative_prompt=negative_prompt, num_frames=num_frames,
                     height=height, width=width, num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2 if two_experts else None,
-                    boundary_ratio=boundary_ratio if two_experts else None, flow_shift=flow_shift, seed=seed,
+                    boundary_ratio=boundary_ratio if two_experts else None, flow_shift=flow_shift,
+                    sigma_schedule=sigma_schedule_of(pipe.scheduler), seed=seed,
                     drop_first_frames=drop_first_frames, fps=fps)
     video = FFGoVideo(frames[drop_first_frames:], frames[:drop_first_frames], first_frame, full_prompt, settings, fps)
     if output_dir is not None:

@@ -35,6 +35,7 @@ class BackboneSpec:
     transformer_config: dict | None = field(default=None, repr=False)  # real checkpoints: for weightless skeletons
     guidance_scale: float = 6.0  # what generate() samples with unless told: FFGo's CFG and shift for Wan
     flow_shift: float = 5.0
+    sigma_schedule: str = "official"  # the official Wan solver's sigma grid, or "diffusers" (ffstudy.schedulers)
 
     @property
     def is_tiny(self) -> bool:
@@ -104,15 +105,28 @@ def _tiny_transformer(in_channels=36, out_channels=16, text_dim=32, **extra):
         qk_norm="rms_norm_across_heads", rope_max_seq_len=1024, **extra).eval()
 
 
-def ffgo_scheduler(config=None, flow_shift: float = 5.0):
+def ffgo_scheduler(config=None, flow_shift: float = 5.0, sigma_schedule: str = "official"):
     """The sampler FFGo uses: UniPC on flow-matching sigmas (Wan's solver), shift 5; ``config`` keeps the rest
-    of a checkpoint's scheduler settings."""
+    of a checkpoint's scheduler settings. ``sigma_schedule="official"`` samples the official scripts' sigma grid
+    (:class:`~ffstudy.schedulers.FFGoUniPCScheduler`); ``"diffusers"`` gives diffusers' default grid back."""
     from diffusers import UniPCMultistepScheduler
 
+    from .schedulers import SIGMA_SCHEDULES, FFGoUniPCScheduler
+
+    if sigma_schedule not in SIGMA_SCHEDULES:
+        raise ValueError(f"sigma_schedule={sigma_schedule!r}: use one of {SIGMA_SCHEDULES}")
+    cls = FFGoUniPCScheduler if sigma_schedule == "official" else UniPCMultistepScheduler
     settings = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
     if config is None:
-        return UniPCMultistepScheduler(num_train_timesteps=1000, **settings)
-    return UniPCMultistepScheduler.from_config(config, **settings)
+        return cls(num_train_timesteps=1000, **settings)
+    return cls.from_config(config, **settings)
+
+
+def sigma_schedule_of(scheduler) -> str:
+    """``"official"`` for :func:`ffgo_scheduler`'s official sampler, else ``"diffusers"``."""
+    from .schedulers import FFGoUniPCScheduler
+
+    return "official" if isinstance(scheduler, FFGoUniPCScheduler) else "diffusers"
 
 
 def _build_tiny(family: str, seed: int = 0):
@@ -188,7 +202,8 @@ register_backbone(BackboneSpec(
     default_size=(96, 160), default_frames=17, spatial_factor=16, local_dir=str(SPRITEWORLD_DIR),
     max_sequence_length=128, requirements="the folder data/models/spriteworld-i2v of the ffstudy repository "
                                           "(rebuild it with `ffstudy spriteworld pretrain`)",
-    guidance_scale=1.0))  # measured: CFG 6 washes the sprites' colours out (see its model card)
+    guidance_scale=1.0,  # measured: CFG 6 washes the sprites' colours out (see its model card)
+    sigma_schedule="diffusers"))  # what its model card's numbers were measured with
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -231,13 +246,16 @@ def default_device() -> torch.device:
 
 
 def load_pipeline(name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                  offload: str | None = None, vae_tiling: bool = False, path: str | os.PathLike | None = None):
+                  offload: str | None = None, vae_tiling: bool = False, path: str | os.PathLike | None = None,
+                  sigma_schedule: str | None = None):
     """Build or load backbone ``name`` as a ``WanImageToVideoPipeline`` with FFGo's sampler.
 
     ``device``: where to put it (default: CUDA when available, else CPU). ``dtype``: float32 for tiny models,
     bfloat16 for real weights by default. ``offload``: ``"model"`` or ``"sequential"`` CPU offload (CUDA only),
     the way to fit the 14B experts on an 80 GB card. ``vae_tiling``: decode in tiles to save memory at 720p.
-    ``path``: a local diffusers folder to load instead of the hub repo.
+    ``path``: a local diffusers folder to load instead of the hub repo. ``sigma_schedule``: ``"official"`` (the
+    official FFGo scripts' sigmas, the default for Wan backbones) or ``"diffusers"`` (diffusers' default grid);
+    default: the backbone's.
     """
     if offload not in (None, "model", "sequential"):
         raise ValueError(f"offload={offload!r}: use None, 'model' or 'sequential'")
@@ -251,7 +269,7 @@ def load_pipeline(name: str, device: str | torch.device | None = None, dtype: to
     else:
         default = torch.float32 if spec.repo_id is None else torch.bfloat16  # local small models run in fp32
         pipe = _from_pretrained(spec, _resolve_local(spec, path) or spec.repo_id, dtype or default)
-        pipe.scheduler = ffgo_scheduler(pipe.scheduler.config)
+    pipe.scheduler = ffgo_scheduler(pipe.scheduler.config, spec.flow_shift, sigma_schedule or spec.sigma_schedule)
     if vae_tiling:
         pipe.vae.enable_tiling()
     if offload == "model":

@@ -54,3 +54,56 @@ def test_a_missing_local_folder_is_a_clear_error(tmp_path):
 def test_offload_without_cuda_is_refused():
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         load_pipeline("tiny-wan2.2-i2v", offload="model")
+
+
+def official_wan_schedule(steps, shift=5.0):
+    """The official solver's numbers, from its formula: sigmas linspace(0.999, 0, n + 1)[:-1] shifted, then 0;
+    timesteps sigma x 1000 cast to int64."""
+    sigmas = np.linspace(0.999, 0, steps + 1)[:-1]
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    return np.append(sigmas, 0.0), (sigmas * 1000).astype(np.int64)
+
+
+@pytest.mark.parametrize("steps", [4, 50])
+def test_wan_backbones_sample_the_official_schedule(tiny_pipe, steps):
+    from ffstudy.models import ffgo_scheduler
+
+    scheduler = tiny_pipe("tiny-wan2.2-i2v").scheduler
+    scheduler.set_timesteps(steps)
+    sigmas, timesteps = official_wan_schedule(steps)
+    assert np.abs(scheduler.sigmas.numpy() - sigmas).max() < 1e-6
+    assert np.array_equal(scheduler.timesteps.numpy(), timesteps)
+    default = ffgo_scheduler(scheduler.config, sigma_schedule="diffusers")
+    default.set_timesteps(steps)
+    assert np.abs(default.sigmas.numpy() - sigmas).max() > 1e-3  # the setting matters
+    assert np.isclose(default.sigmas[0].item(), 1.0, atol=1e-5)  # diffusers starts at 1 - 1e-6
+
+
+def test_official_schedule_numbers_at_the_papers_settings():
+    from ffstudy.models import ffgo_scheduler
+
+    scheduler = ffgo_scheduler()  # shift 5, 50 steps: FFGo's inference
+    scheduler.set_timesteps(50)
+    assert scheduler.timesteps[:5].tolist() == [999, 995, 991, 987, 982]
+    assert round(scheduler.sigmas[0].item(), 6) == 0.9998  # 5 x 0.999 / (1 + 4 x 0.999)
+    assert int((scheduler.timesteps >= 900).sum()) == 18  # steps of the high-noise expert (boundary 0.9)
+    with pytest.raises(ValueError, match="sigma_schedule='karras'"):
+        ffgo_scheduler(sigma_schedule="karras")
+
+
+def test_sigma_schedule_is_a_setting_that_survives_a_new_shift(tiny_pipe, cutout, plate):
+    from ffstudy.models import sigma_schedule_of
+
+    assert get_backbone("wan2.2-i2v-a14b").sigma_schedule == "official"
+    assert get_backbone("spriteworld").sigma_schedule == "diffusers"  # its card was measured so
+    pipe = load_pipeline("tiny-wan2.2-i2v", sigma_schedule="diffusers")
+    assert sigma_schedule_of(pipe.scheduler) == "diffusers"
+    comp = compose_first_frame([cutout], plate)
+    kwargs = dict(num_inference_steps=2, progress=False, height=64, width=112, num_frames=9)
+    video = generate(pipe, comp, "x", flow_shift=3.0, **kwargs)
+    assert sigma_schedule_of(pipe.scheduler) == "diffusers" and pipe.scheduler.config.flow_shift == 3.0
+    assert video.settings["sigma_schedule"] == "diffusers"
+    official = generate(tiny_pipe(), comp, "x", **kwargs)
+    assert official.settings["sigma_schedule"] == "official"
+    assert not np.array_equal(official.frames, generate(load_pipeline("tiny-wan2.2-i2v", sigma_schedule="diffusers"),
+                                                        comp, "x", **kwargs).frames)
