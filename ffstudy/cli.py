@@ -225,7 +225,7 @@ def cmd_lora(args) -> int:
     from safetensors.torch import save_file
 
     from .io import atomic_path
-    from .lora import read_lora_file, target_module_count, to_comfyui, to_diffusers
+    from .lora import read_lora_file, target_module_count, to_comfyui, to_diffusers, to_official, write_official_lora
     from .models import get_backbone, load_pipeline, skeleton_transformer
 
     if get_backbone(args.model).transformer_config is not None and args.path is None:
@@ -235,6 +235,11 @@ def cmd_lora(args) -> int:
         transformer = pipe.transformer_2 if args.expert == "low" else pipe.transformer
     state = to_diffusers(read_lora_file(args.input), transformer, expected_modules=target_module_count(transformer)
                          if args.check_count else None)
+    if args.to == "official":  # the official FFGo / VideoX-Fun scripts' layout, with their header
+        state = to_official(state, transformer)
+        write_official_lora(state, args.output)
+        print(f"wrote {args.output}: {len(state)} tensors in {args.to} layout")
+        return 0
     if args.to == "comfyui":
         state = to_comfyui(state, transformer)
     with atomic_path(args.output) as tmp:
@@ -354,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lora", help="convert a LoRA between kohya/VideoX-Fun, ComfyUI and diffusers layouts")
     p.add_argument("input", help="a .safetensors LoRA in any supported layout")
     p.add_argument("output", help="the .safetensors file to write")
-    p.add_argument("--to", choices=("diffusers", "comfyui"), default="diffusers")
+    p.add_argument("--to", choices=("diffusers", "comfyui", "official"), default="diffusers",
+                   help="official: the kohya layout the official FFGo / VideoX-Fun scripts merge (bf16)")
     p.add_argument("--model", default="wan2.2-i2v-a14b", help="backbone whose module names the LoRA uses")
     p.add_argument("--path", help="local folder of that backbone")
     p.add_argument("--expert", choices=("high", "low"), default="high")

@@ -7,6 +7,12 @@
   read).
 - ComfyUI: ``diffusion_model.blocks.0.self_attn.q.lora_down.weight`` (``lora_A``/``lora_B`` also read).
 
+Written for the official FFGo / VideoX-Fun scripts (:func:`to_official`, :func:`save_official_lora`): what
+VideoX-Fun's ``LoRANetwork.save_weights`` writes, ``lora_unet__<original name, dots as underscores>`` with
+``lora_down``/``lora_up``/``alpha``, every tensor bf16, and the two header fields it adds (``sshs_model_hash``,
+``sshs_legacy_hash``). Its ``merge_lora`` cannot place ComfyUI's ``time_projection.1`` key (it stops at the
+``Sequential``), so the official scripts need this layout.
+
 Foreign files are converted to diffusers keys with ``alpha / rank`` folded into ``lora_B`` and loaded through
 ``pipe.load_lora_weights``; every key must map onto a Linear of the transformer, and the module count is checked.
 Note VideoX-Fun calls the *high*-noise expert ``transformer_2``; diffusers calls it ``transformer``.
@@ -23,6 +29,9 @@ import torch
 FFGO_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2", "time_proj"]
 WEIGHT_NAMES = {"high": "high_noise_lora.safetensors", "low": "low_noise_lora.safetensors",
                 "main": "pytorch_lora_weights.safetensors"}
+# the official release keeps each expert's run in a folder named ..._wan_14bHigh_... / ..._wan_14bLow_..., holding
+# VideoX-Fun's checkpoint-<step>.safetensors (ffgo-method.md §9)
+OFFICIAL_RUN_DIRS = {"high": "ffgo_wan_14bHigh", "low": "ffgo_wan_14bLow", "main": "ffgo_wan"}
 
 _TO_ORIGINAL = [  # diffusers module path -> Wan's original module path
     (r"^blocks\.(\d+)\.attn1\.to_q$", r"blocks.\1.self_attn.q"), (r"^blocks\.(\d+)\.attn1\.to_k$", r"blocks.\1.self_attn.k"),
@@ -157,6 +166,44 @@ def to_comfyui(state_dict: dict[str, torch.Tensor], transformer, alpha: float | 
     return out
 
 
+def to_official(state_dict: dict[str, torch.Tensor], transformer, alpha: float | None = None) -> dict:
+    """diffusers keys -> the official FFGo / VideoX-Fun kohya layout, bf16 like its checkpoints:
+    ``lora_unet__blocks_0_self_attn_q.lora_down.weight``, ``.lora_up.weight`` and ``.alpha`` (``alpha``
+    defaults to the rank, i.e. the scale the diffusers weights already carry)."""
+    parts = {"A": "lora_down.weight", "B": "lora_up.weight", "alpha": "alpha"}
+    out = {}
+    for key, tensor in to_comfyui(state_dict, transformer, alpha).items():
+        module, part = _split(key)
+        name = "lora_unet__" + module.removeprefix("diffusion_model.").replace(".", "_")
+        out[f"{name}.{parts[part]}"] = tensor.detach().to(torch.bfloat16).contiguous()
+    return out
+
+
+def official_metadata(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """The header VideoX-Fun's ``save_weights`` writes: sd-webui-additional-networks' hashes of the file saved
+    without user metadata (sha256 of the data section; legacy: sha256 of 64 KiB at 1 MiB, 8 hex digits)."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    data = save(tensors, metadata={})
+    header = int.from_bytes(data[:8], "little")
+    return {"sshs_model_hash": hashlib.sha256(data[8 + header:]).hexdigest(),
+            "sshs_legacy_hash": hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]}
+
+
+def write_official_lora(tensors: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """Write official-layout tensors (from :func:`to_official`) with the official header, atomically."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+
+    path, tensors = Path(path), {key: tensor.cpu() for key, tensor in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=official_metadata(tensors))
+    return path
+
+
 # --------------------------------------------------------------------------------------------- files
 def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A LoRA file's tensors. diffusers files keep alpha only in their header (adapter metadata): it is folded
@@ -233,3 +280,22 @@ def save_lora(transformer, directory: str | Path, expert: str = "main", adapter_
             tmp.parent, transformer_lora_layers=state, weight_name=tmp.name,
             transformer_lora_adapter_metadata=config.to_dict())
     return target
+
+
+def save_official_lora(transformer, directory: str | Path, expert: str, step: int, adapter_name: str = "default",
+                       state_dict: dict | None = None) -> Path:
+    """Save ``transformer``'s peft adapter the way an official FFGo run does, for its scripts to merge:
+    ``<directory>/ffgo_wan_14bHigh/checkpoint-<step>.safetensors`` (``14bLow`` for the low-noise expert), kohya
+    keys, bf16, alpha = the adapter's ``lora_alpha``. ``state_dict`` as in :func:`save_lora`."""
+    from peft.utils import get_peft_model_state_dict
+
+    if expert not in OFFICIAL_RUN_DIRS:
+        raise ValueError(f"expert={expert!r}: use one of {sorted(OFFICIAL_RUN_DIRS)}")
+    config = transformer.peft_config[adapter_name]
+    if config.rank_pattern or config.alpha_pattern:
+        raise LoraFormatError("the official format has one alpha per module but save_official_lora takes the "
+                              "adapter's single lora_alpha; this adapter has per-module rank/alpha patterns")
+    state = get_peft_model_state_dict(transformer, state_dict=state_dict, adapter_name=adapter_name)
+    state = {f"transformer.{key}": value for key, value in state.items()}
+    path = Path(directory) / OFFICIAL_RUN_DIRS[expert] / f"checkpoint-{step}.safetensors"
+    return write_official_lora(to_official(state, transformer, alpha=config.lora_alpha), path)
