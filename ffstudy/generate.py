@@ -11,7 +11,9 @@ canvas colour), with the entity geometry moved along.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 from PIL import Image
 
 from .compose import Composite, letterbox
-from .io import load_image, save_image, to_uint8, write_json, write_video
+from .io import atomic_path, exclusive_output, load_image, save_image, to_uint8, write_json, write_video
 from .models import backbone_of, ffgo_scheduler, sigma_schedule_of
 
 TRIGGER = "ad23r2 the camera view suddenly changes."
@@ -28,6 +30,12 @@ WAN_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
     "残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
     "三条腿，背景人很多，倒着走")
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range
+OUTPUT_NAMES = ("video.mp4", "video_with_transition.mp4", "composite.png", "generation.json")
+
+
+class ResultKeptElsewhereError(RuntimeError):
+    """The output folder could not be written after sampling; the result was saved in another folder."""
 
 
 def with_trigger(prompt: str, trigger: str | None = TRIGGER) -> str:
@@ -96,14 +104,46 @@ class FFGoVideo:
 
     def save(self, directory: str | Path, with_transition: bool = False) -> dict[str, Path]:
         """Write ``video.mp4`` (transition dropped), ``composite.png`` and ``generation.json``; optionally
-        ``video_with_transition.mp4``. Every file is written atomically."""
+        ``video_with_transition.mp4``. The files are all written before any replaces its old version, so the
+        folder never holds a mix of two results. If they cannot be written there (full disk, permissions), the
+        result is saved in a new temporary folder and :class:`ResultKeptElsewhereError` says where."""
         directory = Path(directory)
-        paths = {"video": write_video(directory / "video.mp4", self.frames, fps=self.fps),
-                 "composite": save_image(directory / "composite.png", self.first_frame_image)}
+        try:
+            return self._write(directory, with_transition)
+        except OSError as error:
+            rescue = Path(tempfile.mkdtemp(prefix="ffstudy-unsaved-"))
+            try:
+                self._write(rescue, with_transition)
+            except OSError as second:
+                raise ResultKeptElsewhereError(f"could not write the result into {directory} ({error}) nor into "
+                                               f"{rescue} ({second})") from error
+            raise ResultKeptElsewhereError(f"could not write the result into {directory} ({error}); it was saved "
+                                           f"in {rescue} instead: move it from there") from error
+
+    def _write(self, directory: Path, with_transition: bool) -> dict[str, Path]:
+        paths = {"video": directory / "video.mp4", "composite": directory / "composite.png",
+                 "settings": directory / "generation.json"}
         if with_transition:
-            paths["video_with_transition"] = write_video(directory / "video_with_transition.mp4", self.full, self.fps)
-        paths["settings"] = write_json(directory / "generation.json", {"prompt": self.prompt, **self.settings})
+            paths["video_with_transition"] = directory / "video_with_transition.mp4"
+        with contextlib.ExitStack() as stack:
+            staged = {key: stack.enter_context(atomic_path(path)) for key, path in paths.items()}
+            write_video(staged["video"], self.frames, fps=self.fps)
+            save_image(staged["composite"], self.first_frame_image)
+            if with_transition:
+                write_video(staged["video_with_transition"], self.full, self.fps)
+            write_json(staged["settings"], {"prompt": self.prompt, **self.settings})
         return paths
+
+
+def check_sampling_settings(num_inference_steps: int, seed: int, **numbers: float | None) -> None:
+    """Refuse, before any work, settings the sampler would take silently: NaN guidance gives a NaN video."""
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps={num_inference_steps!r} must be an integer >= 1")
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed!r} must be an integer in [0, 2**64 - 1]")
+    for name, value in numbers.items():
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} must be a finite number")
 
 
 def generate(
@@ -136,10 +176,13 @@ def generate(
     for Wan). ``guidance_scale_2`` (low-noise expert) defaults to ``guidance_scale``;
     ``boundary_ratio`` only matters for two-expert backbones. ``trigger=None`` leaves the prompt alone.
     ``max_sequence_length`` defaults to the text length the backbone was trained with (512 for Wan).
-    With ``output_dir`` the result is also saved there.
+    With ``output_dir`` the result is also saved there; the folder is checked, and held against other runs,
+    before sampling.
     """
+    check_sampling_settings(num_inference_steps, seed, guidance_scale=guidance_scale,
+                            guidance_scale_2=guidance_scale_2, boundary_ratio=boundary_ratio, flow_shift=flow_shift)
     spec = backbone_of(pipe)
-    num_frames = num_frames or (spec.default_frames if spec else 81)
+    num_frames = num_frames if num_frames is not None else (spec.default_frames if spec else 81)
     max_sequence_length = max_sequence_length or (spec.max_sequence_length if spec else 512)
     guidance_scale = guidance_scale if guidance_scale is not None else (spec.guidance_scale if spec else 6.0)
     flow_shift = flow_shift if flow_shift is not None else (spec.flow_shift if spec else 5.0)
@@ -153,35 +196,38 @@ def generate(
         raise ValueError(f"drop_first_frames={drop_first_frames} must be in [0, num_frames={num_frames})")
     first_frame = fit_first_frame(composite, height, width)
     full_prompt = with_trigger(prompt, trigger)
-
-    if pipe.scheduler.config.get("flow_shift") != flow_shift:
-        pipe.scheduler = ffgo_scheduler(pipe.scheduler.config, flow_shift=flow_shift,
-                                        sigma_schedule=sigma_schedule_of(pipe.scheduler))
-    two_experts = getattr(pipe, "transformer_2", None) is not None
-    if two_experts and guidance_scale_2 is None:
-        guidance_scale_2 = guidance_scale
-    saved_boundary = pipe.config.boundary_ratio
-    if two_experts:
-        pipe.register_to_config(boundary_ratio=boundary_ratio)
-    pipe.set_progress_bar_config(disable=not progress, desc="FFGo denoising")
-    image = first_frame.image if isinstance(first_frame, Composite) else first_frame
-    try:
-        frames = pipe(
-            image=image, prompt=full_prompt, negative_prompt=negative_prompt, height=height, width=width,
-            num_frames=num_frames, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            guidance_scale_2=guidance_scale_2 if two_experts else None,
-            generator=torch.Generator("cpu").manual_seed(seed), max_sequence_length=max_sequence_length,
-            output_type="np").frames[0]
-    finally:
-        pipe.register_to_config(boundary_ratio=saved_boundary)
-    frames = to_uint8(frames)
-    settings = dict(backbone=spec.name if spec else None, negative_prompt=negative_prompt, num_frames=num_frames,
-                    height=height, width=width, num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2 if two_experts else None,
-                    boundary_ratio=boundary_ratio if two_experts else None, flow_shift=flow_shift,
-                    sigma_schedule=sigma_schedule_of(pipe.scheduler), seed=seed,
-                    drop_first_frames=drop_first_frames, fps=fps)
-    video = FFGoVideo(frames[drop_first_frames:], frames[:drop_first_frames], first_frame, full_prompt, settings, fps)
-    if output_dir is not None:
-        video.save(output_dir)
+    with contextlib.ExitStack() as held:
+        if output_dir is not None:  # checked and held before sampling, which may take hours
+            held.enter_context(exclusive_output(output_dir, OUTPUT_NAMES, "output_dir"))
+        if pipe.scheduler.config.get("flow_shift") != flow_shift:
+            pipe.scheduler = ffgo_scheduler(pipe.scheduler.config, flow_shift=flow_shift,
+                                            sigma_schedule=sigma_schedule_of(pipe.scheduler))
+        two_experts = getattr(pipe, "transformer_2", None) is not None
+        if two_experts and guidance_scale_2 is None:
+            guidance_scale_2 = guidance_scale
+        saved_boundary = pipe.config.boundary_ratio
+        if two_experts:
+            pipe.register_to_config(boundary_ratio=boundary_ratio)
+        pipe.set_progress_bar_config(disable=not progress, desc="FFGo denoising")
+        image = first_frame.image if isinstance(first_frame, Composite) else first_frame
+        try:
+            frames = pipe(
+                image=image, prompt=full_prompt, negative_prompt=negative_prompt, height=height, width=width,
+                num_frames=num_frames, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                guidance_scale_2=guidance_scale_2 if two_experts else None,
+                generator=torch.Generator("cpu").manual_seed(seed), max_sequence_length=max_sequence_length,
+                output_type="np").frames[0]
+        finally:
+            pipe.register_to_config(boundary_ratio=saved_boundary)
+        frames = to_uint8(frames)
+        settings = dict(backbone=spec.name if spec else None, negative_prompt=negative_prompt, num_frames=num_frames,
+                        height=height, width=width, num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2 if two_experts else None,
+                        boundary_ratio=boundary_ratio if two_experts else None, flow_shift=flow_shift,
+                        sigma_schedule=sigma_schedule_of(pipe.scheduler), seed=seed,
+                        drop_first_frames=drop_first_frames, fps=fps)
+        video = FFGoVideo(frames[drop_first_frames:], frames[:drop_first_frames], first_frame, full_prompt,
+                          settings, fps)
+        if output_dir is not None:
+            video.save(output_dir)
     return video

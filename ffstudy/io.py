@@ -6,9 +6,16 @@ leaves a half-written PNG, mp4, JSON, checkpoint or model folder where a good on
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -17,40 +24,175 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _owner_tag() -> str:
+    """``<pid>_<host>`` in every temporary name, so a later run can tell a dead run's leftovers from live work."""
+    return f"{os.getpid()}_{_HOST}"
+
+
+def _dead(pid: int, host: str) -> bool:
+    """Whether the writer that left a temporary name is gone: only provable for a process of this host."""
+    if host != _HOST:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (``os.umask`` would change it for other threads meanwhile)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path: Path, default: int) -> int:
+    """An existing file keeps its mode; a new one gets ``default`` less the umask, as ``open`` would give it."""
+    with contextlib.suppress(FileNotFoundError):
+        return stat.S_IMODE(path.stat().st_mode)
+    return default & ~_umask()
+
+
+def _leftovers(path: Path, suffix: str) -> Iterator[tuple[Path, str]]:
+    """Temporary siblings of ``path`` that a killed run left (its process is gone), with their kind."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)_([0-9a-f]{{6}})\.[a-z0-9_]+{re.escape(suffix)}$")
+    with contextlib.suppress(OSError):
+        for sibling in path.parent.iterdir():
+            match = pattern.match(sibling.name)
+            if match and _dead(int(match.group(1)), match.group(2)):
+                yield sibling, suffix
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` (same suffix); move it into place only if the block succeeds."""
+    """Yield a temporary sibling of ``path`` (same suffix); move it into place only if the block succeeds. The
+    file gets the mode ``open`` would give it (the umask), or keeps the mode of the file it replaces. Temporary
+    files of killed runs are removed on the way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    for leftover, _ in _leftovers(path.with_name(path.stem), path.suffix):
+        leftover.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{_owner_tag()}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, _final_mode(path, 0o666))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not available."""
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+    if function is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if function(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), str(b))
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty staging folder beside ``path``; only if the block succeeds does it replace ``path`` whole,
-    so a folder of many files (a diffusers pipeline) is never left half old and half new, nor with stale files."""
+    so a folder of many files (a diffusers pipeline) is never left half old and half new, nor with stale files.
+    Each writer stages in a folder of its own and swaps it in with one atomic exchange, so concurrent writers
+    leave one of their complete results and a kill at any moment leaves the old or the new folder. Where the
+    exchange is unavailable, two renames are used and a kill between them is repaired by the next writer."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file, not a folder: give a folder path to write into")
-    staging, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover, kind in [*_leftovers(path, ".old"), *_leftovers(path, ".partial")]:
+        if kind == ".old" and not path.exists():
+            leftover.rename(path)  # killed between the two renames: the old folder was complete
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+    mode = _final_mode(path, 0o777)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".partial", dir=path.parent))
     try:
         yield staging
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            path.rename(old)
-        staging.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        os.chmod(staging, mode)
+        try:
+            os.rename(staging, path)  # nothing there yet (or an empty folder)
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            if not _exchange(staging, path):  # staging now holds the old folder, removed below
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".old", dir=path.parent))
+                os.replace(path, old)
+                os.rename(staging, path)
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+class OutputBusyError(RuntimeError):
+    """Another live ffstudy run is writing into the same output folder."""
+
+
+@contextlib.contextmanager
+def exclusive_output(directory: str | os.PathLike, names=(), argument: str = "--out") -> Iterator[Path]:
+    """Hold ``directory`` for this run only, checked before any work: it must be (or become) a writable folder
+    in which none of ``names`` is a folder, and no other live run may hold it (a killed run's lock is taken
+    over). A folder created here is removed again if the block fails before writing into it."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{argument} {directory} is a file, not a folder: give a folder for the outputs")
+    for name in names:
+        if (directory / name).is_dir():
+            raise ValueError(f"{argument} {directory}: {directory / name} is a folder where the output file "
+                             f"{name} goes: move it away or choose another folder")
+    created = not directory.exists()
+    lock = directory / ".ffstudy.lock"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = _take_lock(lock)
+    except OutputBusyError:
+        raise
+    except OSError as error:
+        raise ValueError(f"{argument} {directory}: cannot write there ({error.strerror or error}); choose a "
+                         f"writable folder") from error
+    ok = False
+    try:
+        os.write(fd, _owner_tag().encode())
+        os.close(fd)
+        yield directory
+        ok = True
+    finally:
+        lock.unlink(missing_ok=True)
+        if created and not ok:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if still empty
+
+
+def _take_lock(lock: Path) -> int:
+    for _ in range(2):
+        try:
+            return os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock.read_text().strip() if lock.is_file() else ""
+            match = re.fullmatch(r"(\d+)_([0-9a-f]{6})", holder)
+            if match and not _dead(int(match.group(1)), match.group(2)):
+                raise OutputBusyError(f"{lock.parent} is being written by another ffstudy run (process "
+                                      f"{match.group(1)}): wait for it to finish or choose another output folder")
+            lock.unlink(missing_ok=True)  # left by a killed run (or unreadable): take it over
+    raise OutputBusyError(f"{lock.parent}: another ffstudy run took the output folder first; choose another one")
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:

@@ -2,6 +2,14 @@
 traceback or a silent wrong result) for bad input."""
 import hashlib
 import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +107,196 @@ def test_cli_resume_mismatch_exits_2_without_traceback(tmp_path, finished_run, c
     err = capsys.readouterr().err
     assert "learning_rate: 0.001 -> 0.0005" in err and "Traceback" not in err
     assert tree_digest(finished_run) == before
+
+
+# --------------------------------------------------------------------------------------------- 2. file modes
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_files_respect_the_umask_and_keep_an_existing_mode(tmp_path, umask):
+    from ffstudy.io import atomic_dir, write_json
+
+    previous = os.umask(umask)
+    try:
+        write_json(tmp_path / "new.json", {})
+        with atomic_dir(tmp_path / "model") as staging:
+            write_json(staging / "config.json", {})
+        kept = tmp_path / "kept.json"
+        kept.write_text("{}")
+        os.chmod(kept, 0o640)
+        write_json(kept, {"a": 1})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "model" / "config.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and json.loads(kept.read_text()) == {"a": 1}
+
+
+# --------------------------------------------------------------------------------------------- 6. concurrency
+def _write_model(target: Path, tag: str, files: int = 20) -> None:
+    from ffstudy.io import atomic_dir
+
+    with atomic_dir(target) as staging:
+        for i in range(files):
+            (staging / f"part-{i:02d}.txt").write_text(tag * 1000)
+
+
+def _consistent(target: Path) -> set[str]:
+    """The writers whose content the folder holds: exactly one for a whole folder."""
+    parts = sorted(target.iterdir())
+    assert [p.name for p in parts] == [f"part-{i:02d}.txt" for i in range(20)]
+    return {p.read_text()[0] for p in parts}
+
+
+def test_concurrent_atomic_dir_writers_leave_one_whole_result(tmp_path):
+    target = tmp_path / "model"
+    errors = []
+
+    def writer(tag):
+        try:
+            for _ in range(15):
+                _write_model(target, tag)
+        except Exception as error:  # noqa: BLE001 - any failure of a writer is the test's failure
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(tag,)) for tag in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(_consistent(target)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging or old folder left behind
+
+
+def test_a_kill_at_any_moment_leaves_a_whole_model_folder(tmp_path):
+    target = tmp_path / "model"
+    _write_model(target, "0")
+    script = ("import sys; from pathlib import Path; from ffstudy.io import atomic_dir\n"
+              "print('ready', flush=True)\n"
+              "for i in range(10**6):\n"
+              "    with atomic_dir(Path(sys.argv[1])) as staging:\n"
+              "        for j in range(20): (staging / f'part-{j:02d}.txt').write_text('ab'[i % 2] * 1000)\n")
+    seen = set()
+    for delay in (0.05, 0.1, 0.2, 0.3):
+        process = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True,
+                                   cwd=Path(__file__).parents[1])
+        assert process.stdout.readline() == "ready\n"
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        seen |= _consistent(target)
+    assert seen & {"a", "b"}, "the writer never replaced the folder before it was killed"
+    _write_model(target, "c")  # the next writer clears what the killed ones left
+    assert _consistent(target) == {"c"} and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_kill_between_the_fallback_renames_is_repaired(tmp_path):
+    """Without renameat2 the old folder is moved aside, then the new one in: a killed writer's aside folder
+    comes back when the next writer starts, even if that writer fails."""
+    from ffstudy.io import _HOST, atomic_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    aside = tmp_path / f".model.{int(dead.stdout)}_{_HOST}.abcd1234.old"
+    aside.mkdir()
+    (aside / "weights.bin").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "model"):
+            raise RuntimeError("interrupted")
+    assert (tmp_path / "model" / "weights.bin").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+
+def test_a_second_writer_of_an_output_folder_is_refused_and_a_dead_ones_lock_taken_over(tmp_path):
+    from ffstudy.io import _HOST, OutputBusyError, exclusive_output
+
+    with exclusive_output(tmp_path / "out"):
+        with pytest.raises(OutputBusyError, match="being written by another ffstudy run"):
+            with exclusive_output(tmp_path / "out"):
+                pass
+    assert list((tmp_path / "out").iterdir()) == []
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "out" / ".ffstudy.lock").write_text(f"{int(dead.stdout)}_{_HOST}")
+    with exclusive_output(tmp_path / "out"):
+        pass
+
+
+# --------------------------------------------------------------------------------------------- 4./5. generate
+@pytest.fixture
+def no_sampling(tiny_pipe, monkeypatch):
+    """The tiny pipeline with sampling forbidden: what must be refused before any work."""
+    pipe = tiny_pipe()
+
+    def sample(*args, **kwargs):
+        raise AssertionError("sampled although the request was invalid")
+
+    monkeypatch.setattr(type(pipe), "__call__", sample)
+    return pipe
+
+
+@pytest.mark.parametrize("case, message", [
+    ("file", "is a file, not a folder"),
+    ("under_a_file", "cannot write there"),
+    ("folder_in_the_way", "is a folder where the output file video.mp4 goes"),
+])
+def test_generate_checks_the_output_folder_before_sampling(tmp_path, no_sampling, cutout, plate, case, message):
+    from ffstudy.compose import compose_first_frame
+    from ffstudy.generate import generate
+
+    (tmp_path / "file").write_text("keep")
+    out = {"file": tmp_path / "file", "under_a_file": tmp_path / "file" / "out",
+           "folder_in_the_way": tmp_path / "out"}[case]
+    (tmp_path / "out" / "video.mp4").mkdir(parents=True)
+    before = tree_digest(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        generate(no_sampling, compose_first_frame([cutout], plate), "x", num_inference_steps=1, output_dir=out,
+                 progress=False)
+    assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(guidance_scale=float("nan")), "guidance_scale=nan must be a finite number"),
+    (dict(flow_shift=float("inf")), "flow_shift=inf must be a finite number"),
+    (dict(num_frames=0), "num_frames=0 must be 4k"),
+    (dict(num_inference_steps=0), "num_inference_steps=0 must be an integer >= 1"),
+    (dict(seed=-1), r"seed=-1 must be an integer in \[0, 2\*\*64 - 1\]"),
+    (dict(seed=2**64), "seed=18446744073709551616"),
+])
+def test_generate_refuses_settings_that_gave_garbage(tmp_path, no_sampling, cutout, plate, kwargs, message):
+    from ffstudy.compose import compose_first_frame
+    from ffstudy.generate import generate
+
+    with pytest.raises(ValueError, match=message):
+        generate(no_sampling, compose_first_frame([cutout], plate), "x", output_dir=tmp_path / "out",
+                 progress=False, **{"num_inference_steps": 1, **kwargs})
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_final_write_keeps_the_result_elsewhere_and_the_old_one_whole(tmp_path, tiny_pipe, cutout, plate,
+                                                                             monkeypatch):
+    import errno
+    import importlib
+
+    from ffstudy.compose import compose_first_frame
+    from ffstudy.io import read_video
+
+    generate_module = importlib.import_module("ffstudy.generate")  # the package exports its function by that name
+    out = tmp_path / "out"
+    comp = compose_first_frame([cutout], plate)
+    video = generate_module.generate(tiny_pipe(), comp, "x", num_inference_steps=1, progress=False, output_dir=out)
+    before = tree_digest(out)
+    real_write_video = generate_module.write_video
+
+    def full_disk(path, *args, **kwargs):
+        if Path(path).parent == out:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write_video(path, *args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "write_video", full_disk)
+    with pytest.raises(generate_module.ResultKeptElsewhereError, match="No space left") as info:
+        video.save(out)
+    rescue = Path(str(info.value).split("saved in ")[1].split(" instead")[0])
+    assert read_video(rescue / "video.mp4")[0].shape == video.frames.shape
+    assert json.loads((rescue / "generation.json").read_text())["prompt"] == video.prompt
+    assert tree_digest(out) == before  # no new file beside the old set
+    shutil.rmtree(rescue)
