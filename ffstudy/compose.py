@@ -151,6 +151,21 @@ class Composite:
                     for e in self.entities]
         return Composite(image, entities, labels, self.layout)
 
+    def warped(self, image: Image.Image, labels: np.ndarray, scale_x: float, scale_y: float, dx: int,
+               dy: int) -> "Composite":
+        """This composite after a resize and crop done elsewhere (the official training clip's cover crop):
+        ``image`` and ``labels`` are the new pixels, and boxes map as ``x * scale_x + dx``, ``y * scale_y + dy``,
+        clipped to the new canvas."""
+        width, height = image.size
+
+        def move(box: Box) -> Box:
+            xs = [min(max(round(x * scale_x) + dx, 0), width) for x in (box.x0, box.x1)]
+            ys = [min(max(round(y * scale_y) + dy, 0), height) for y in (box.y0, box.y1)]
+            return Box(xs[0], ys[0], xs[1], ys[1])
+
+        entities = [Entity(e.name, e.kind, move(e.box), move(e.slot)) for e in self.entities]
+        return Composite(image.convert("RGB"), entities, labels, self.layout)
+
     def save(self, directory: str | Path) -> Path:
         """Write ``composite.png``, ``labels.png`` and ``composite.json`` (entity geometry) into ``directory``."""
         directory = Path(directory)
@@ -196,6 +211,9 @@ def _prepare_cutout(image: Image.Image, argument: str, crop_to_alpha: bool) -> t
     bbox = alpha.getbbox()
     if bbox is None:
         raise ValueError(f"{argument} is fully transparent: there is nothing to paste")
+    if alpha.getextrema()[1] < 128:  # masks take alpha >= 128 as the entity: it would be pasted faint and unmasked
+        raise ValueError(f"{argument} has no pixel with alpha >= 128 (at most {alpha.getextrema()[1]}): it would be "
+                         "pasted faint and get an empty entity mask; make the object opaque")
     if crop_to_alpha:
         rgba, alpha = rgba.crop(bbox), alpha.crop(bbox)
     flat = Image.new("RGB", rgba.size, WHITE)

@@ -4,13 +4,17 @@ An *example* is the entity cut-outs and background plate (or a ready composite),
 The training clip replaces the video's first ``F_c`` frames (the VAE's temporal stride, 4 for Wan) with the
 composite and prefixes the caption with the trigger (``shared/reference/ffgo-method.md`` §2.3). Clip length is
 ``"paper"`` (81 frames, what the paper states), ``"official"`` (21 frames, what the released training command
-effectively used, §4.4) or an explicit frame count. An example may also name per-frame entity masks (an ``.npz``
+effectively used, §4.4) or an explicit frame count. Clip geometry is ``"letterbox"`` (ffstudy's: the video is
+cover-cropped to the training size, the composite keeps its aspect ratio between white bars) or ``"official"``
+(the official code's: every frame, composite copies included, squashed to 1280×720, then the whole clip
+cover-resized and centre-cropped, about 10 px per side at 768×1344). An example may also name per-frame entity masks (an ``.npz``
 whose ``masks`` array is F×H×W, 0 = no entity): ffstudy's optional entity-weighted loss reads them; FFGo has none.
 
 The manifest is JSON with paths relative to its own folder::
 
-    {"version": 1, "examples": [{"id": "clip_000", "cutouts": ["c/0.png"], "background": "c/bg.png",
-                                 "caption": "a red star ...", "video": "v/clip_000.mp4"}]}
+    {"version": 1, "clip_geometry": "letterbox",
+     "examples": [{"id": "clip_000", "cutouts": ["c/0.png"], "background": "c/bg.png",
+                   "caption": "a red star ...", "video": "v/clip_000.mp4"}]}
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from .generate import TRIGGER, fit_first_frame, with_trigger
 from .io import atomic_path, load_image, read_video, save_image, write_json
 
 CLIP_LENGTHS = {"paper": 81, "official": 21}
+CLIP_GEOMETRIES = ("letterbox", "official")
+OFFICIAL_FRAME_SIZE = (720, 1280)  # (height, width): the official loader squashes every frame to it first
 
 
 @dataclass
@@ -50,10 +56,13 @@ class TrainingClip:
 
 
 class FewShotDataset:
-    """A list of :class:`Example` plus the folder their relative paths start from."""
+    """A list of :class:`Example` plus the folder their relative paths start from, and the geometry of their
+    training clips (``"letterbox"`` or ``"official"``, see the module docstring)."""
 
-    def __init__(self, examples: list[Example], root: str | Path):
-        self.examples, self.root = list(examples), Path(root)
+    def __init__(self, examples: list[Example], root: str | Path, clip_geometry: str = "letterbox"):
+        if clip_geometry not in CLIP_GEOMETRIES:
+            raise ValueError(f"clip_geometry={clip_geometry!r}: use one of {CLIP_GEOMETRIES}")
+        self.examples, self.root, self.clip_geometry = list(examples), Path(root), clip_geometry
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -73,11 +82,14 @@ class FewShotDataset:
         try:
             data = json.loads(manifest.read_text())
             examples = [Example(**e) for e in data["examples"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            geometry = data.get("clip_geometry", "letterbox")
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"{manifest} is not an ffstudy manifest ({error}); expected "
                              f'{{"version": 1, "examples": [{{"id", "caption", "video", "cutouts", "background"}}]}}'
                              ) from error
-        return cls(examples, manifest.parent)
+        if geometry not in CLIP_GEOMETRIES:
+            raise ValueError(f"{manifest}: clip_geometry {geometry!r} is not one of {CLIP_GEOMETRIES}")
+        return cls(examples, manifest.parent, geometry)
 
     def save(self, manifest: str | Path) -> Path:
         """Write the manifest; paths are rewritten relative to its folder, wherever that is."""
@@ -89,7 +101,7 @@ class FewShotDataset:
         rows = [{**asdict(e), "video": moved(e.video), "cutouts": [moved(c) for c in e.cutouts],
                  "background": moved(e.background), "composite": moved(e.composite), "masks": moved(e.masks)}
                 for e in self.examples]
-        return write_json(manifest, {"version": 1, "examples": rows})
+        return write_json(manifest, {"version": 1, "clip_geometry": self.clip_geometry, "examples": rows})
 
     # -- the FFGo composite and training clip
     def composite(self, example: Example, **compose_kwargs) -> Composite | object:
@@ -102,8 +114,8 @@ class FewShotDataset:
 
     def training_clip(self, example: Example, height: int, width: int, clip_length: str | int = "official",
                       replaced_frames: int = 4) -> TrainingClip:
-        """Frames 0..num_frames-1 of the video resized (cover, centre crop) to ``width × height``, the first
-        ``replaced_frames`` replaced by the composite fitted to the same size; caption with the trigger."""
+        """Frames 0..num_frames-1 of the video at ``width × height`` with the first ``replaced_frames`` replaced
+        by the composite, in the dataset's :attr:`clip_geometry`; caption with the trigger."""
         num_frames = CLIP_LENGTHS.get(clip_length, clip_length)
         if not isinstance(num_frames, int) or num_frames < replaced_frames + 1:
             raise ValueError(f"clip_length={clip_length!r}: use 'paper', 'official' or a frame count "
@@ -111,6 +123,10 @@ class FewShotDataset:
         frames, _ = read_video(self.path(example.video))
         if len(frames) < num_frames:
             raise ValueError(f"{example.id}: {example.video} has {len(frames)} frames, the clip needs {num_frames}")
+        if self.clip_geometry == "official":
+            frames, first = official_clip(frames[:num_frames], self.composite(example), replaced_frames, height,
+                                          width)
+            return TrainingClip(frames, with_trigger(example.caption), first)
         frames = resize_cover(frames[:num_frames], height, width)
         first = fit_first_frame(self.composite(example), height, width)
         image = first.image if isinstance(first, Composite) else first
@@ -128,44 +144,63 @@ class FewShotDataset:
         masks = read_masks(self.path(example.masks), example.id)
         if len(masks) < num_frames:
             raise ValueError(f"{example.id}: {example.masks} has {len(masks)} frames, the clip needs {num_frames}")
-        masks = resize_cover((masks[:num_frames] > 0).astype(np.uint8)[..., None], height, width, nearest=True)
+        masks = (masks[:num_frames] > 0).astype(np.uint8)[..., None]
+        if self.clip_geometry == "official":
+            masks = official_resize(masks, height, width, nearest=True)[0]
+        else:
+            masks = resize_cover(masks, height, width, nearest=True)
         masks = masks[..., 0] > 0
         masks[:replaced_frames] = False
         return masks
 
     # -- the official FFGo / VideoX-Fun JSON
     def export_official(self, json_path: str | Path, composites_dir: str | Path) -> Path:
-        """Write composites as PNGs and the VideoX-Fun list ``[{file_path, text, image_path, type}]``."""
+        """Write composites as PNGs and the VideoX-Fun list ``[{file_path, text, image_path, type}]`` with
+        absolute paths. ``text`` is the caption byte for byte, the trigger prefixed only when it is missing."""
         composites_dir = Path(composites_dir)
         rows = []
         for example in self.examples:
             first = self.composite(example)
             image = first.image if isinstance(first, Composite) else first
             png = save_image(composites_dir / example.id / "combined.png", image)
-            rows.append({"file_path": str(self.path(example.video).resolve()), "text": with_trigger(example.caption),
+            text = example.caption if TRIGGER in example.caption else f"{TRIGGER} {example.caption}"
+            rows.append({"file_path": str(self.path(example.video).resolve()), "text": text,
                          "image_path": str(png.resolve()), "type": "video"})
         return write_json(json_path, rows)
 
     @classmethod
-    def import_official(cls, json_path: str | Path, data_root: str | Path | None = None) -> "FewShotDataset":
-        """Read the official list; like VideoX-Fun, ``file_path`` joins ``data_root`` (absolute paths win) and
-        ``image_path`` is taken as given. The trigger is stripped from captions (it is added back on use)."""
+    def import_official(cls, json_path: str | Path, data_root: str | Path | None = None,
+                        image_root: str | Path | None = None, clip_geometry: str = "official") -> "FewShotDataset":
+        """Read the official list with VideoX-Fun's meaning: ``file_path`` joins ``data_root`` (absolute paths
+        win; without one it is relative to the working directory, as is ``image_path``, which VideoX-Fun opens as
+        given: ``image_root`` overrides that). Paths are stored absolute. Captions are kept byte for byte (the
+        official ones have two spaces after the trigger). VideoX-Fun reads a row without ``type`` as an image,
+        which an FFGo clip cannot be, so such rows and image rows are refused, each named. The dataset trains in
+        the official clip geometry unless ``clip_geometry`` says otherwise."""
         json_path = Path(json_path)
         try:
             rows = json.loads(json_path.read_text())
-            root = Path(data_root) if data_root is not None else json_path.parent
-            examples = []
+            if not isinstance(rows, list):
+                raise TypeError(f"the top level is a {type(rows).__name__}, not a list")
+            video_root = Path(data_root) if data_root is not None else Path.cwd()
+            images_root = Path(image_root) if image_root is not None else Path.cwd()
+            examples, refused = [], []
             for i, row in enumerate(rows):
-                if row.get("type", "video") != "video":
+                if row.get("type") != "video":
+                    kind = "no \"type\" (VideoX-Fun reads it as an image)" if "type" not in row \
+                        else f"type {row['type']!r}"
+                    refused.append(f"row {i} ({row.get('file_path')}): {kind}")
                     continue
-                caption = " ".join(row["text"].split())
-                caption = caption[len(TRIGGER):].strip() if caption.startswith(TRIGGER) else caption
-                examples.append(Example(id=Path(row["file_path"]).stem or f"example_{i}", caption=caption,
-                                        video=str(root / row["file_path"]), composite=row["image_path"]))
+                examples.append(Example(id=Path(row["file_path"]).stem or f"example_{i}", caption=row["text"],
+                                        video=str((video_root / row["file_path"]).absolute()),
+                                        composite=str((images_root / row["image_path"]).absolute())))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"{json_path} is not an official FFGo JSON list of "
                              f"{{file_path, text, image_path, type}} ({error})") from error
-        return cls(examples, json_path.parent)
+        if refused:
+            raise ValueError(f"{json_path}: FFGo trains on video rows only; add \"type\": \"video\" to rows that "
+                             f"are videos and remove the images: " + "; ".join(refused))
+        return cls(examples, json_path.parent, clip_geometry)
 
 
 def resize_cover(frames: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
@@ -180,6 +215,54 @@ def resize_cover(frames: np.ndarray, height: int, width: int, nearest: bool = Fa
     top, left = (size[0] - height) // 2, (size[1] - width) // 2
     video = video[:, :, top:top + height, left:left + width]
     return video.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy().copy()
+
+
+def official_resize(frames: np.ndarray, height: int, width: int, nearest: bool = False
+                    ) -> tuple[np.ndarray, tuple[float, float, int, int]]:
+    """The official training geometry for uint8 (F, H, W, C) frames: squashed to 1280×720 (bilinear, like the
+    loader's ``cv2.resize``; skipped at that size), then resized to cover ``width × height`` (bilinear,
+    antialiased; the other side truncated to an integer, as VideoX-Fun's bucket collate does) and centre-cropped
+    (offsets rounded, as torchvision's ``CenterCrop``). Returns the frames and the map ``(scale_x, scale_y, dx,
+    dy)`` from input to output pixels. ``nearest`` for label images."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    squashed_h, squashed_w = OFFICIAL_FRAME_SIZE
+    source_h, source_w = video.shape[2:]
+
+    def resize(tensor, size, antialias):
+        if tuple(tensor.shape[2:]) == size:
+            return tensor
+        if nearest:
+            return torch.nn.functional.interpolate(tensor, size=size, mode="nearest-exact")
+        resized = torch.nn.functional.interpolate(tensor, size=size, mode="bilinear", align_corners=False,
+                                                  antialias=antialias)
+        return resized.round().clamp(0, 255)
+
+    video = resize(video, OFFICIAL_FRAME_SIZE, antialias=False)
+    if height / squashed_h > width / squashed_w:
+        size = (height, int(squashed_w * height / squashed_h))
+    else:
+        size = (int(squashed_h * width / squashed_w), width)
+    video = resize(video, size, antialias=True)
+    top, left = int(round((size[0] - height) / 2)), int(round((size[1] - width) / 2))
+    video = video[:, :, top:top + height, left:left + width]
+    out = video.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy().copy()
+    return out, (size[1] / source_w, size[0] / source_h, -left, -top)
+
+
+def official_clip(frames: np.ndarray, composite, replaced_frames: int, height: int, width: int
+                  ) -> tuple[np.ndarray, Composite | Image.Image]:
+    """The official training clip: the first ``replaced_frames`` frames replaced by the composite, then every
+    frame through :func:`official_resize`. Returns the frames and the composite as it appears in them (a
+    :class:`Composite` keeps its entity geometry)."""
+    image = composite.image if isinstance(composite, Composite) else composite
+    video, _ = official_resize(frames, height, width)
+    pixels, (scale_x, scale_y, dx, dy) = official_resize(np.array(image.convert("RGB"))[None], height, width)
+    video[:replaced_frames] = pixels[0]
+    first = Image.fromarray(pixels[0])
+    if isinstance(composite, Composite):
+        labels, _ = official_resize(composite.labels[None, ..., None], height, width, nearest=True)
+        first = composite.warped(first, labels[0, ..., 0], scale_x, scale_y, dx, dy)
+    return video, first
 
 
 def read_masks(path: Path, example_id: str) -> np.ndarray:
@@ -262,6 +345,8 @@ def check_dataset(dataset: FewShotDataset, num_frames: int, height: int | None =
 # --------------------------------------------------------------------------------------------- caching
 def clip_key(dataset: FewShotDataset, example: Example, settings: dict) -> str:
     """Content hash of everything an encoded clip depends on: files, caption and encoding settings."""
+    if dataset.clip_geometry != "letterbox":  # only then: keys of letterbox caches made before it existed hold
+        settings = {**settings, "clip_geometry": dataset.clip_geometry}
     digest = hashlib.sha256(json.dumps({**settings, "caption": example.caption}, sort_keys=True).encode())
     for relative in [example.video, *example.cutouts, example.background, example.composite]:
         if relative:

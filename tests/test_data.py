@@ -46,18 +46,98 @@ def test_resize_cover_keeps_aspect_and_crops_the_centre():
 def test_manifest_and_official_json_round_trip(dataset, tmp_path):
     again = FewShotDataset.load(dataset.save(tmp_path / "elsewhere" / "copy.json"))
     assert [again.path(e.video).resolve() for e in again] == [dataset.path(e.video).resolve() for e in dataset]
-    assert [e.caption for e in again] == [e.caption for e in dataset]
+    assert [e.caption for e in again] == [e.caption for e in dataset] and again.clip_geometry == "letterbox"
     official = dataset.export_official(tmp_path / "train.json", tmp_path / "combined")
     rows = json.loads(official.read_text())
-    assert rows[0]["type"] == "video" and rows[0]["text"].startswith(TRIGGER)
+    assert rows[0]["type"] == "video" and rows[0]["text"] == f"{TRIGGER} {dataset[0].caption}"
     assert rows[0]["image_path"].endswith("clip_000/combined.png")
     imported = FewShotDataset.import_official(official)
-    assert [e.caption for e in imported] == [e.caption for e in dataset]
+    assert [e.caption for e in imported] == [r["text"] for r in rows] and imported.clip_geometry == "official"
     clip = imported.training_clip(imported[0], 64, 112, clip_length=9)
     assert clip.prompt.count("ad23r2") == 1 and clip.frames.shape == (9, 64, 112, 3)
+    kept = FewShotDataset.load(imported.save(tmp_path / "imported.json"))
+    assert kept.clip_geometry == "official" and kept[0].caption == rows[0]["text"]
     with pytest.raises(ValueError, match="not an official FFGo JSON"):
         (tmp_path / "bad.json").write_text('{"a": 1}')
         FewShotDataset.import_official(tmp_path / "bad.json")
+
+
+def test_official_json_import_reads_paths_and_rows_as_videox_fun_does(dataset, tmp_path, monkeypatch):
+    workdir = tmp_path / "work"
+    (workdir / "frames").mkdir(parents=True)
+    (workdir / "frames" / "c0.png").write_bytes(dataset.path(dataset[0].background).read_bytes())
+    text = f"{TRIGGER}  A ball, the provided image’s red one,  rolls."  # two spaces after the trigger
+    rows = [{"file_path": "clip_000/video.mp4", "text": text, "image_path": "frames/c0.png", "type": "video"}]
+    (tmp_path / "train.json").write_text(json.dumps(rows, ensure_ascii=False))
+    monkeypatch.chdir(workdir)  # VideoX-Fun opens image_path as given: from the working directory
+    imported = FewShotDataset.import_official(tmp_path / "train.json", data_root=dataset.root)
+    assert imported[0].composite == str(workdir / "frames" / "c0.png")
+    assert imported[0].video == str(dataset.root / "clip_000" / "video.mp4")
+    assert imported[0].caption == text
+    exported = imported.export_official(tmp_path / "out.json", tmp_path / "combined")
+    assert json.loads(exported.read_text())[0]["text"].encode() == text.encode()  # byte for byte
+    monkeypatch.chdir(tmp_path)  # without data_root, file_path is relative to the working directory too
+    assert FewShotDataset.import_official(tmp_path / "train.json")[0].video == str(tmp_path / "clip_000/video.mp4")
+    rows += [{"file_path": "a.png", "text": "x", "image_path": "a.png"},
+             {"file_path": "b.png", "text": "y", "image_path": "b.png", "type": "image"}]
+    (tmp_path / "mixed.json").write_text(json.dumps(rows))
+    with pytest.raises(ValueError) as info:
+        FewShotDataset.import_official(tmp_path / "mixed.json")
+    message = str(info.value)
+    assert 'row 1 (a.png): no "type" (VideoX-Fun reads it as an image)' in message
+    assert "row 2 (b.png): type 'image'" in message and "row 0" not in message
+
+
+def test_official_geometry_cover_crops_the_whole_clip_at_768x1344(cutout, plate):
+    from ffstudy.compose import compose_first_frame
+    from ffstudy.data import official_clip, official_resize
+    from ffstudy.generate import fit_first_frame
+
+    comp = compose_first_frame([cutout], plate)  # 1280x720
+    video = np.random.default_rng(0).integers(0, 256, (5, 720, 1280, 3), dtype=np.uint8)
+    frames, first = official_clip(video, comp, 4, 768, 1344)
+    assert frames.shape == (5, 768, 1344, 3)
+    assert all(np.array_equal(frames[i], np.asarray(first.image)) for i in range(4))
+    assert np.array_equal(frames[4:], resize_cover(video[4:], 768, 1344))  # 16:9 video: the same cover crop
+    letterboxed = fit_first_frame(comp, 768, 1344)
+    assert np.asarray(letterboxed.image)[:6].min() == 255  # ffstudy: white bars (6 px) above and below
+    box = first.box("background")  # official: 1280 -> 1365 wide, 10 px cut on the left; 720 -> 768 high
+    assert (box.x0, box.y0, box.x1, box.y1) == (682 - 10, 192, 1344, 576)  # 640 x 1365 / 1280 = 682.5
+    lb = letterboxed.box("background")  # scale 1.05, 6 px bar on top
+    assert (lb.x0, lb.y0, lb.x1, lb.y1) == (672, 195, 1344, 573)
+    assert np.array_equal(np.asarray(first.image)[300, 700], plate.getpixel((100, 100)))
+    assert first.labels.shape == (768, 1344) and first.labels[300, 700] == first.names.index("background") + 1
+    tall = np.zeros((1, 480, 640, 3), np.uint8)  # 4:3: official squashes it to 16:9 first, ffstudy crops it
+    tall[:, :40] = 255
+    assert official_resize(tall, 768, 1344)[0][0, 0].min() == 255
+    assert resize_cover(tall, 768, 1344)[0, 0].max() == 0
+
+
+def test_training_clips_and_masks_follow_the_datasets_geometry(tmp_path):
+    masked = FewShotDataset.load(make_dataset(tmp_path / "masked", masks=True))
+    letterbox = masked.training_clip(masked[0], 64, 96, 9)
+    masked.clip_geometry = "official"
+    official = masked.training_clip(masked[0], 64, 96, 9)
+    assert official.frames.shape == letterbox.frames.shape == (9, 64, 96, 3)
+    assert np.array_equal(official.frames[0], np.asarray(official.first_frame.image))
+    box = official.first_frame.box("background")  # 1280x720 -> 113x64 (cover), 8 px cut on the left
+    assert (box.x0, box.y0, box.x1, box.y1) == (48, 16, 96, 48)
+    assert letterbox.first_frame.box("background") != box
+    masks = masked.entity_masks(masked[0], 64, 96, 9)
+    assert masks[8].any() and np.array_equal(masks[8], official_mask(masked, 64, 96))
+    keys = {clip_key(masked, masked[0], {"height": 64})}
+    masked.clip_geometry = "letterbox"
+    assert clip_key(masked, masked[0], {"height": 64}) not in keys
+    with pytest.raises(ValueError, match="clip_geometry='crop'"):
+        FewShotDataset([], tmp_path, clip_geometry="crop")
+
+
+def official_mask(dataset, height, width):
+    """The ball's mask in frame 8, through the official geometry (nearest neighbour)."""
+    from ffstudy.data import official_resize, read_masks
+
+    masks = read_masks(dataset.path(dataset[0].masks), dataset[0].id)[8:9, ..., None]
+    return official_resize((masks > 0).astype(np.uint8), height, width, nearest=True)[0][0, ..., 0] > 0
 
 
 def test_data_check_lists_every_problem(dataset, tmp_path):
