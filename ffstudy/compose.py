@@ -6,9 +6,10 @@ put: a named box per pasted cut-out and for the background, and a pixel label ma
 The attention probes split first-frame attention by exactly these masks.
 
 ``layout="ffgo"`` reproduces the official ``combine_materials.py`` (see ``shared/reference/ffgo-method.md`` §1):
-background force-resized to the canvas size (bicubic, aspect not kept), then shrunk into the right half with
-LANCZOS and centred; cut-outs cropped to their alpha bounding box, flattened over white with their alpha,
-shrunk (never enlarged) into equal slots of height ``H // n`` stacked on the left, first item on top.
+background force-resized to 1280×720 whatever the canvas (bicubic, aspect not kept), then shrunk (never
+enlarged) into the right half with LANCZOS and centred; cut-outs cropped to their alpha bounding box,
+flattened over white with their alpha, shrunk (never enlarged) into equal slots of height ``H // n`` stacked
+on the left, first item on top.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ WHITE = (255, 255, 255)
 FILLER = "white"
 BACKGROUND = "background"
 LAYOUTS = ("ffgo", "grid", "swapped")
+OFFICIAL_PLATE_SIZE = (1280, 720)  # combine_materials.py squashes every plate to this, on any canvas
 
 
 @dataclass(frozen=True)
@@ -254,8 +256,9 @@ def compose_first_frame(
     clean plate. ``canvas`` is ``(width, height)``. ``layout``: ``"ffgo"`` (objects stacked on the left,
     plate on the right), ``"grid"`` (objects in a near-square grid on the left, 2×2 for four) or
     ``"swapped"`` (objects right, plate left). ``force_background_aspect`` reproduces FFGo's forced resize
-    of the plate to the canvas aspect before fitting it; turn it off to keep the plate's own aspect (it is then
-    scaled up or down to fill its half, as in FFGo's hand-made test composites).
+    of the plate to 1280×720 before shrinking it into its half, on any canvas (so the plate is 16:9 on a square
+    canvas too, and never larger than 1280×720); turn it off to keep the plate's own aspect (it is then scaled up
+    or down to fill its half, as in FFGo's hand-made test composites).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is not one of {LAYOUTS}")
@@ -286,8 +289,8 @@ def compose_first_frame(
     labels = np.zeros((height, width), np.uint8)
     entities = []
 
-    if force_background_aspect:  # official: squash to the canvas, then shrink into the half
-        plate = plate.resize((width, height), Image.BICUBIC)
+    if force_background_aspect:  # official: squash to 1280x720, then shrink into the half
+        plate = plate.resize(OFFICIAL_PLATE_SIZE, Image.BICUBIC)
         plate.thumbnail((plate_area.width, plate_area.height), resample)
     else:  # as in the released test composites: keep the aspect and fill the half
         scale = min(plate_area.width / plate.width, plate_area.height / plate.height)

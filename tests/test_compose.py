@@ -10,7 +10,7 @@ from .conftest import make_cutout
 def official_ffgo(foregrounds, background, canvas=(1280, 720)):
     """The official combine_materials.py algorithm, written out step by step as the test oracle."""
     w, h = canvas
-    bg = background.convert("RGB").resize((w, h))
+    bg = background.convert("RGB").resize((1280, 720))  # on every canvas
     bg.thumbnail((w // 2, h), Image.LANCZOS)
     out = Image.new("RGB", canvas, (255, 255, 255))
     out.paste(bg, (w // 2 + (w // 2 - bg.width) // 2, (h - bg.height) // 2))
@@ -23,10 +23,19 @@ def official_ffgo(foregrounds, background, canvas=(1280, 720)):
     return out
 
 
-def test_matches_official_algorithm_pixel_for_pixel(plate):
+@pytest.mark.parametrize("canvas", [(1280, 720), (720, 720), (832, 480), (2560, 1440)])
+def test_matches_official_algorithm_pixel_for_pixel(plate, canvas):
     fgs = [make_cutout(box=(10, 10, 300, 200)), make_cutout(colour=(20, 40, 200))]
-    ours = compose_first_frame(fgs, plate, crop_to_alpha=False)
-    assert np.array_equal(np.asarray(ours.image), np.asarray(official_ffgo(fgs, plate)))
+    ours = compose_first_frame(fgs, plate, canvas=canvas, crop_to_alpha=False)
+    assert np.array_equal(np.asarray(ours.image), np.asarray(official_ffgo(fgs, plate, canvas)))
+
+
+def test_the_plate_is_squashed_to_1280x720_on_any_canvas(cutout):
+    square = Image.new("RGB", (600, 600), (0, 0, 200))
+    box = compose_first_frame([cutout], square, canvas=(720, 720)).box("background")
+    assert (box.x0, box.y0, box.width, box.height) == (360, 258, 360, 203)  # 16:9 in the 360x720 half
+    big = compose_first_frame([cutout], square, canvas=(3840, 2160)).box("background")
+    assert (big.width, big.height) == (1280, 720)  # thumbnail never enlarges
 
 
 def test_background_16x9_lands_640x360_at_640_180(cutout, plate):
