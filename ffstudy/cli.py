@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -18,11 +19,43 @@ def data_dir() -> Path:
     return path
 
 
+def _integer(low: int, high: int | None = None):
+    """An argparse type for integers in [low, high]: a bad value is refused before any work, not after it."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}" if high is None else
+                                             f"{value} must be in [{low}, {high}]")
+        return value
+    return parse
+
+
+def _finite(text: str) -> float:
+    """An argparse type for finite numbers: NaN guidance samples a NaN video."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
+    return value
+
+
+POSITIVE, COUNT, SEED = _integer(1), _integer(0), _integer(0, 2**64 - 1)
+
+
 def _canvas(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--canvas {text!r}: use WIDTHxHEIGHT, e.g. 1280x720") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"--canvas {text!r}: width and height must be >= 1")
     return width, height
 
 
@@ -70,15 +103,15 @@ def _add_generate_args(parser: argparse.ArgumentParser, default_model: str | Non
     parser.add_argument("--model", default=default_model, required=default_model is None,
                         help="backbone name (see `ffstudy models`)")
     parser.add_argument("--path", help="local diffusers folder holding the backbone's weights")
-    parser.add_argument("--frames", type=int, help="number of frames, 4k+1 (default: the backbone's)")
-    parser.add_argument("--height", type=int)
-    parser.add_argument("--width", type=int)
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps (paper: 50)")
-    parser.add_argument("--guidance", type=float,
+    parser.add_argument("--frames", type=POSITIVE, help="number of frames, 4k+1 (default: the backbone's)")
+    parser.add_argument("--height", type=POSITIVE)
+    parser.add_argument("--width", type=POSITIVE)
+    parser.add_argument("--steps", type=POSITIVE, default=50, help="denoising steps (paper: 50)")
+    parser.add_argument("--guidance", type=_finite,
                         help="CFG scale for both experts (default: the backbone's: 6.0 for Wan as in the paper, 1.0 "
                              "for SpriteWorld)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--drop-first-frames", type=int, default=4,
+    parser.add_argument("--seed", type=SEED, default=42)
+    parser.add_argument("--drop-first-frames", type=COUNT, default=4,
                         help="transition frames to cut (paper: 4 = the VAE's temporal stride)")
     parser.add_argument("--with-transition", action="store_true", help="also save the uncut video")
     parser.add_argument("--offload", choices=("model", "sequential"), help="CPU offload (CUDA only)")
@@ -88,32 +121,71 @@ def _add_generate_args(parser: argparse.ArgumentParser, default_model: str | Non
 
 
 def _load_with_lora(args):
+    from safetensors import SafetensorError
+
     from .lora import load_lora
     from .models import load_pipeline
 
     pipe = load_pipeline(args.model, offload=args.offload, path=args.path)
     two_experts = getattr(pipe, "transformer_2", None) is not None
-    if args.lora:
-        load_lora(pipe, args.lora, "high" if two_experts else "main")
-    if args.lora_low:
-        load_lora(pipe, args.lora_low, "low")
+    for argument, path, expert in (("--lora", args.lora, "high" if two_experts else "main"),
+                                   ("--lora-low", args.lora_low, "low")):
+        if path:
+            try:
+                load_lora(pipe, path, expert)
+            except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+                # diffusers reports a folder without weights as OSError, torch tensors of other shapes as RuntimeError
+                raise ValueError(f"{argument} {path}: {_describe(error)}") from error
     return pipe
 
 
-def _generate(args, first_frame, prompt: str, out: Path):
-    from .generate import generate
+def _inputs(args) -> list[tuple[str, Path]]:
+    """Every file the command reads, with the argument that named it (a folder stands for its files)."""
+    named = [(f"--{name.replace('_', '-')}", getattr(args, name, None))
+             for name in ("composite", "background", "lora", "lora_low", "path")]
+    named += [("--foreground", f) for f in args.foreground or []]
+    files = []
+    for argument, value in named:
+        path = Path(value) if value else None
+        if path is not None and path.is_dir():
+            files += [(argument, p) for p in path.rglob("*") if p.is_file()]
+        elif path is not None:
+            files.append((argument, path))
+    return files
 
-    pipe = _load_with_lora(args)
-    video = generate(pipe, first_frame, prompt, num_frames=args.frames, height=args.height, width=args.width,
-                     num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                     drop_first_frames=args.drop_first_frames)
-    paths = video.save(out, with_transition=args.with_transition)
-    if hasattr(first_frame, "save"):
-        first_frame.save(out / "first_frame")
+
+def _refuse_overwriting_inputs(args, written: list[Path]) -> None:
+    """``-o`` must not be where an output would replace an input (``--composite DIR -o DIR`` used to replace the
+    composite by a video-sized frame and leave its geometry behind)."""
+    targets = {p.resolve() for p in written}
+    for argument, path in _inputs(args):
+        if path.resolve() in targets:
+            raise ValueError(f"--out {args.out}: writing there would overwrite {path}, which {argument} reads; "
+                             f"choose another output folder")
+
+
+def _generate(args, first_frame, prompt: str, out: Path):
+    from .generate import OUTPUT_NAMES, generate
+    from .io import exclusive_output
+
+    with exclusive_output(out, OUTPUT_NAMES):  # checked before loading and sampling; no second run writes there
+        pipe = _load_with_lora(args)
+        video = generate(pipe, first_frame, prompt, num_frames=args.frames, height=args.height, width=args.width,
+                         num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+                         drop_first_frames=args.drop_first_frames)
+        paths = video.save(out, with_transition=args.with_transition)
+        if hasattr(first_frame, "save"):
+            first_frame.save(out / "first_frame")
     return video, paths
 
 
+COMPOSITE_FILES = ("composite.png", "labels.png", "composite.json")
+PROBE_FILES = ("retrieval_curves.png", "who_retrieves_what.png", "reverse_maps.png", "who_retrieves_what.mp4",
+               "probe/probe.safetensors", "probe/probe.json")
+
+
 def cmd_compose(args) -> int:
+    _refuse_overwriting_inputs(args, [Path(args.out) / name for name in COMPOSITE_FILES])
     composite = _compose(args)
     composite.save(args.out)
     print(f"wrote {Path(args.out) / 'composite.png'} ({composite.size[0]}x{composite.size[1]}, {args.layout})")
@@ -124,7 +196,12 @@ def cmd_compose(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    video, paths = _generate(args, _first_frame(args), args.prompt, Path(args.out))
+    from .generate import OUTPUT_NAMES
+
+    out = Path(args.out)
+    _refuse_overwriting_inputs(args, [out / name for name in OUTPUT_NAMES]
+                               + [out / "first_frame" / name for name in COMPOSITE_FILES])
+    video, paths = _generate(args, _first_frame(args), args.prompt, out)
     print(f"prompt: {video.prompt}")
     print(f"{len(video.frames)} frames kept after dropping {len(video.transition)}; wrote:")
     for path in paths.values():
@@ -155,27 +232,35 @@ def cmd_probe(args) -> int:
 
     matplotlib.use("Agg")
     from . import viz
-    from .generate import generate
-    from .io import write_video
+    from .generate import OUTPUT_NAMES, generate
+    from .io import atomic_path, exclusive_output, write_video
     from .probe import FirstFrameProbe
 
-    first_frame, out = _first_frame(args), Path(args.out)
-    pipe = _load_with_lora(args)
-    composite = first_frame if hasattr(first_frame, "masks") else None
-    with FirstFrameProbe(pipe, composite, blocks=args.blocks, steps=args.probe_steps, per_head=args.per_head,
-                         text_prompt=args.prompt) as probe:
-        video = generate(pipe, first_frame, args.prompt, num_frames=args.frames, height=args.height,
-                         width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                         seed=args.seed, drop_first_frames=args.drop_first_frames)
-    result = probe.result
-    video.save(out, with_transition=True)
-    result.save(out / "probe")
-    figures = {"retrieval_curves.png": viz.plot_retrieval_overview(result),
-               "who_retrieves_what.png": viz.plot_who_retrieves_what(result, video.full),
-               "reverse_maps.png": viz.plot_reverse_maps(result, video.first_frame)}
-    for name, figure in figures.items():
-        figure.savefig(out / name, dpi=110)
-    write_video(out / "who_retrieves_what.mp4", viz.who_retrieves_what_animation(result, video.full), fps=video.fps)
+    late = [step for step in args.probe_steps or [] if step >= args.steps]
+    if late:
+        raise ValueError(f"--probe-steps {late}: the run has only --steps {args.steps} (steps 0 to {args.steps - 1})")
+    out = Path(args.out)
+    _refuse_overwriting_inputs(args, [out / name for name in OUTPUT_NAMES + PROBE_FILES])
+    first_frame = _first_frame(args)
+    with exclusive_output(out, OUTPUT_NAMES + PROBE_FILES[:4]):
+        pipe = _load_with_lora(args)
+        composite = first_frame if hasattr(first_frame, "masks") else None
+        with FirstFrameProbe(pipe, composite, blocks=args.blocks, steps=args.probe_steps, per_head=args.per_head,
+                             text_prompt=args.prompt) as probe:
+            video = generate(pipe, first_frame, args.prompt, num_frames=args.frames, height=args.height,
+                             width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                             seed=args.seed, drop_first_frames=args.drop_first_frames)
+        result = probe.result
+        video.save(out, with_transition=True)
+        result.save(out / "probe")
+        figures = {"retrieval_curves.png": viz.plot_retrieval_overview(result),
+                   "who_retrieves_what.png": viz.plot_who_retrieves_what(result, video.full),
+                   "reverse_maps.png": viz.plot_reverse_maps(result, video.first_frame)}
+        for name, figure in figures.items():
+            with atomic_path(out / name) as tmp:
+                figure.savefig(tmp, dpi=110)
+        write_video(out / "who_retrieves_what.mp4", viz.who_retrieves_what_animation(result, video.full),
+                    fps=video.fps)
     frames, curves = result.retrieval_curves("frame")
     print(f"probed {len(result.records)} records (blocks {probe.blocks}) on a {result.grid} token grid")
     print("mean first-frame attention mass per later-frame token:")
@@ -187,9 +272,12 @@ def cmd_probe(args) -> int:
 
 def _ints(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: use comma-separated integers, e.g. 0,4,8") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: use comma-separated integers >= 0, e.g. 0,4,8")
+    return values
 
 
 def cmd_data(args) -> int:
@@ -221,6 +309,32 @@ def cmd_train(args) -> int:
                       + (["--max-steps", str(args.max_steps)] if args.max_steps is not None else []))
 
 
+def _check_shapes(state: dict, transformer) -> None:
+    """Every diffusers-layout LoRA tensor must name a Linear of ``transformer`` and fit its shape: a LoRA of
+    another architecture would otherwise convert, and fail (or do nothing) only when loaded."""
+    import re
+
+    problems = []
+    for key, tensor in state.items():
+        match = re.match(r"^transformer\.(.+)\.lora(?:_([AB])|\.(down|up))\.weight$", key)
+        layer = None
+        if match:
+            try:
+                layer = transformer.get_submodule(match.group(1))
+            except AttributeError:
+                pass
+        if not hasattr(layer, "in_features"):
+            problems.append(f"{key} names no Linear layer")
+            continue
+        down = match.group(2) == "A" or match.group(3) == "down"
+        wanted = layer.in_features if down else layer.out_features
+        if tensor.ndim != 2 or tensor.shape[1 if down else 0] != wanted:
+            problems.append(f"{key} has shape {tuple(tensor.shape)}, the layer takes {layer.in_features} -> "
+                            f"{layer.out_features}")
+    if problems:
+        raise ValueError(f"{len(problems)} tensor(s) do not fit this transformer: {problems[:3]}")
+
+
 def cmd_lora(args) -> int:
     from safetensors.torch import save_file
 
@@ -233,8 +347,14 @@ def cmd_lora(args) -> int:
     else:
         pipe = load_pipeline(args.model, path=args.path)
         transformer = pipe.transformer_2 if args.expert == "low" else pipe.transformer
-    state = to_diffusers(read_lora_file(args.input), transformer, expected_modules=target_module_count(transformer)
-                         if args.check_count else None)
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise ValueError(f"output {args.output} is the input file: write the converted LoRA elsewhere")
+    try:
+        state = to_diffusers(read_lora_file(args.input), transformer,
+                             expected_modules=target_module_count(transformer) if args.check_count else None)
+        _check_shapes(state, transformer)
+    except ValueError as error:
+        raise ValueError(f"input {args.input}: {error} (for --model {args.model})") from error
     if args.to == "official":  # the official FFGo / VideoX-Fun scripts' layout, with their header
         state = to_official(state, transformer)
         write_official_lora(state, args.output)
@@ -331,9 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "entity masks.")
     q.add_argument("manifest")
     q.add_argument("--clip-length", choices=("official", "paper"), default="official")
-    q.add_argument("--frames", type=int, help="frames each clip needs (overrides --clip-length)")
-    q.add_argument("--height", type=int)
-    q.add_argument("--width", type=int)
+    q.add_argument("--frames", type=POSITIVE, help="frames each clip needs (overrides --clip-length)")
+    q.add_argument("--height", type=POSITIVE)
+    q.add_argument("--width", type=POSITIVE)
     q.add_argument("--masks", action="store_true", help="require entity masks (for entity_loss_weight > 0)")
     q = data.add_parser("export-official", help="write the VideoX-Fun JSON and composites")
     q.add_argument("manifest")
@@ -353,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from the latest checkpoint (refused if another run's settings or data wrote it)")
     p.add_argument("--force-resume", action="store_true",
                    help="continue from the latest checkpoint even if its settings or data differ")
-    p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-steps", type=POSITIVE)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("lora", help="convert a LoRA between kohya/VideoX-Fun, ComfyUI and diffusers layouts")
@@ -371,19 +491,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("spriteworld", help="the procedural video world and its pretrained model")
     sw = p.add_subparsers(dest="sw_command", required=True)
     q = sw.add_parser("generate", help="render one clip with its ground truth and FFGo materials")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=SEED, default=0)
     q.add_argument("--cut", action="store_true", default=None, help="force a hard scene cut")
     q.add_argument("--out", "-o", required=True)
     q = sw.add_parser("fewshot", help="write a few-shot FFGo dataset of SpriteWorld clips")
-    q.add_argument("--examples", type=int, default=20)
-    q.add_argument("--seed", type=int, default=2_000_000, help="first seed (default: the few-shot range)")
+    q.add_argument("--examples", type=POSITIVE, default=20)
+    q.add_argument("--seed", type=SEED, default=2_000_000, help="first seed (default: the few-shot range)")
     q.add_argument("--out", "-o", required=True)
     q = sw.add_parser("pretrain", help="pretrain the SpriteWorld I2V model (VAE, then transformer)")
     q.add_argument("--config", default="configs/spriteworld-pretrain.yaml")
     q.add_argument("--out", default="data/models/spriteworld-i2v")
     q = sw.add_parser("evaluate", help="measure the model on held-out seeds and write its model card")
     q.add_argument("--model-dir", default="data/models/spriteworld-i2v")
-    q.add_argument("--videos", type=int, help="held-out clips to generate from (default: the card's number)")
+    q.add_argument("--videos", type=POSITIVE, help="held-out clips to generate from (default: the card's number)")
     q.add_argument("--reuse", action="store_true", help="re-render the card from the saved evaluation.json")
     p.set_defaults(func=cmd_spriteworld)
 
@@ -392,12 +512,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OS_ADVICE = {errno.EACCES: "check its permissions or choose another path",
+              errno.EPERM: "check its permissions or choose another path",
+              errno.EROFS: "the file system is read-only: choose another path",
+              errno.ENOSPC: "free some disk space or write elsewhere",
+              errno.EDQUOT: "free some of your disk quota or write elsewhere",
+              errno.EFBIG: "the file exceeds this system's file size limit (ulimit -f): raise it or write elsewhere",
+              errno.EEXIST: "remove it or choose another path",
+              errno.ENOTDIR: "a part of this path is a file, not a folder",
+              errno.EISDIR: "this is a folder: give a file",
+              errno.ENOENT: "check the path"}
+
+
+def _describe(error: BaseException) -> str:
+    """An error in a few lines at most, naming the file and, for OS errors, saying what to do."""
+    if isinstance(error, OSError) and error.errno is not None and error.strerror:
+        where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
+        advice = _OS_ADVICE.get(error.errno)
+        return f"{where + ': ' if where else ''}{error.strerror}" + (f"; {advice}" if advice else "")
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)  # KeyError quotes
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(error).__name__]
+    # one line: torch lists every mismatched tensor, YAML draws the line it failed on
+    return " ".join(lines[:2]) + (f" (and {len(lines) - 2} more lines)" if len(lines) > 2 else "")
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """What bad input or a bad environment raises: reported in a line and exit code 2, never a traceback."""
+    import yaml
+    from PIL import Image
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, RuntimeError, SafetensorError, yaml.YAMLError,
+            Image.DecompressionBombError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
-        print(f"ffstudy {args.command}: error: {error}", file=sys.stderr)
+    except _expected_errors() as error:
+        print(f"ffstudy {args.command}: error: {_describe(error)}", file=sys.stderr)
         return 2
 
 

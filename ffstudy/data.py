@@ -299,23 +299,39 @@ def check_dataset(dataset: FewShotDataset, num_frames: int, height: int | None =
     """Every problem that would stop or spoil training, each naming the example and file; empty if none.
     ``need_masks``: the entity-weighted loss is on, so every example needs masks matching its video."""
     problems, seen = [], set()
+    if not dataset.examples:
+        problems.append("the manifest lists no examples: training needs at least one")
     for index, e in enumerate(dataset.examples):
         where = f"example {index} ({e.id})"
         if e.id in seen:
             problems.append(f"{where}: duplicate id {e.id!r}")
         seen.add(e.id)
-        if not e.caption or not e.caption.strip():
+        if not isinstance(e.caption, str):
+            problems.append(f"{where}: caption must be a non-empty string, got {e.caption!r}")
+        elif not e.caption.strip():
             problems.append(f"{where}: empty caption")
-        images = [(f"cutouts[{i}]", c) for i, c in enumerate(e.cutouts)]
-        images += [("background", e.background)] if e.cutouts else [("composite", e.composite)]
+        if isinstance(e.cutouts, list):
+            images = [(f"cutouts[{i}]", c) for i, c in enumerate(e.cutouts)]
+            images += [("background", e.background)] if e.cutouts else [("composite", e.composite)]
+        else:
+            problems.append(f"{where}: cutouts must be a list of paths, got {e.cutouts!r}")
+            images = []
         for name, relative in images:
-            if not relative:
-                problems.append(f"{where}: no {name} given")
+            if not relative or not isinstance(relative, str):
+                problems.append(f"{where}: no {name} given" if not relative else f"{where}: {name} must be a path, "
+                                f"got {relative!r}")
                 continue
             try:
-                load_image(dataset.path(relative), argument=name)
+                image = load_image(dataset.path(relative), argument=name)
             except (FileNotFoundError, ValueError) as error:
                 problems.append(f"{where}: {error}")
+                continue
+            if name.startswith("cutouts") and "A" in image.getbands() and image.getchannel("A").getextrema()[1] < 128:
+                problems.append(f"{where}: {name} {relative} has no pixel with alpha >= 128: it would be pasted "
+                                "faint or not at all, with an empty entity mask")
+        if not e.video or not isinstance(e.video, str):
+            problems.append(f"{where}: video must be a path, got {e.video!r}")
+            continue
         path = dataset.path(e.video)
         try:
             frames, _ = read_video(path)

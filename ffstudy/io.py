@@ -226,9 +226,22 @@ def load_image(source, *, argument: str = "image") -> Image.Image:
     try:
         with Image.open(path) as handle:
             handle.load()
-            return handle.copy()
+            image = handle.copy()
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{argument}: {path} has more pixels than Pillow reads safely ({error}); scale it down "
+                         "first") from error
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{argument}: {path} is not a readable image ({error}); use a PNG or JPEG file") from error
+    return _to_8_bit(image)
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit grey images (a 16-bit PNG opens as mode I;16 or I) scaled to 8 bits: Pillow's own conversion to
+    RGB clips their values to black and white."""
+    if image.mode != "I" and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image, dtype=np.float64) / 257.0
+    return Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8))
 
 
 def _ffmpeg():

@@ -110,6 +110,8 @@ def to_diffusers(state_dict: dict[str, torch.Tensor], transformer, expected_modu
     Raises :class:`LoraFormatError` listing every key that maps to no Linear of the transformer, every module
     missing its down or up matrix, and a module count different from ``expected_modules``.
     """
+    if not state_dict:
+        raise LoraFormatError("the LoRA holds no tensors")
     layout = detect_format(state_dict)
     if layout == "diffusers":
         return dict(state_dict)
@@ -245,11 +247,28 @@ def load_lora(pipe, path: str | Path, expert: str = "high", adapter_name: str = 
     if path.is_dir():
         pipe.load_lora_weights(str(path), weight_name=weight_name or WEIGHT_NAMES[expert], adapter_name=adapter_name,
                                load_into_transformer_2=into_2)
+        check_loaded(pipe, expert, adapter_name, path)
         return adapter_name
     transformer = pipe.transformer_2 if into_2 else pipe.transformer
     state_dict = to_diffusers(read_lora_file(path), transformer, expected_modules)
     pipe.load_lora_weights(state_dict, adapter_name=adapter_name, load_into_transformer_2=into_2)
+    check_loaded(pipe, expert, adapter_name, path)
     return adapter_name
+
+
+def check_loaded(pipe, expert: str, adapter_name: str, source) -> None:
+    """diffusers loads a LoRA that fits no layer, or one of NaNs, without a word (no LoRA, or a black video):
+    refuse both, taking the adapter out again."""
+    transformer = pipe.transformer_2 if expert == "low" else pipe.transformer
+    weights = [p for n, p in transformer.named_parameters() if ".lora_" in n and f".{adapter_name}." in n]
+    broken = sum(1 for p in weights if not torch.isfinite(p).all())
+    if weights and not broken:
+        return
+    if weights:
+        pipe.delete_adapters(adapter_name)
+    raise LoraFormatError(f"{source}: " + (f"{broken} of its {len(weights)} tensors hold NaN or infinite values"
+                                           if weights else "none of its tensors fits a layer of this transformer "
+                                           "(a LoRA for another model?)"))
 
 
 def load_ffgo_lora(pipe, high: str | Path, low: str | Path | None = None, adapter_name: str = "ffgo") -> None:

@@ -21,6 +21,7 @@ import argparse
 import csv
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -32,11 +33,15 @@ from .data import (CLIP_LENGTHS, FewShotDataset, LatentCache, check_dataset, cli
                    latent_entity_mask)
 from .lora import FFGO_TARGET_MODULES, WEIGHT_NAMES, save_lora, target_module_count
 from .io import write_json
-from .models import default_device, get_backbone, load_pipeline
+from .models import default_device, get_backbone, load_pipeline, skeleton_transformer
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TargetModulesError(ValueError):
+    """``target_modules`` names a layer the model does not have."""
 
 
 class ResumeMismatchError(ValueError):
@@ -75,6 +80,14 @@ class TrainConfig:
     seed: int = 42
     cache_dir: str | None = None
 
+    def __post_init__(self):
+        """Check every setting before any work: a bad one used to fail only after minutes of loading and
+        encoding, or not at all (checkpoint_every: 0). YAML 1.1 reads an unquoted ``1e-4`` as a string: such a
+        string is read as the number it spells."""
+        problems = _setting_problems(self)
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
+
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
         import yaml
@@ -82,13 +95,102 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ValueError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of settings (manifest: ..., model: ...), got "
+                             + ("an empty file" if values is None else type(values).__name__))
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(map(str, values)) - known)
         if unknown:
             raise ValueError(f"{path}: unknown settings {unknown}; valid ones are {sorted(known)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        if "manifest" not in values:
+            raise ValueError(f"{path}: no manifest given (manifest: path/to/manifest.json)")
+        try:
+            return cls(**values)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
+
+
+_INTEGERS = {"height": 1, "width": 1, "rank": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "max_steps": 1,
+             "checkpoint_every": 1, "validation_every": 0, "validation_inference_steps": 1, "seed": 0}
+_POSITIVE = ("alpha", "learning_rate", "adam_epsilon", "max_grad_norm", "flow_shift", "loss_outlier_threshold")
+_NON_NEGATIVE = ("weight_decay", "entity_loss_weight")
+_CHOICES = {"expert": ("high", "low", "both", "full"), "mixed_precision": ("auto", "no", "fp16", "bf16")}
+MAX_SEED = 2**63 - 1  # the seed plus 1000 per process must stay within torch.manual_seed's range
+
+
+def _setting_problems(config: TrainConfig) -> list[str]:
+    """What is wrong with ``config``'s values, one entry per setting; numbers spelled as strings are converted."""
+    problems = []
+    for name in _POSITIVE + _NON_NEGATIVE + ("boundary_ratio",):
+        value = getattr(config, name)
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+            else:
+                setattr(config, name, value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            problems.append(f"{name}: {value!r} is not a finite number")
+        elif name in _POSITIVE and value <= 0:
+            problems.append(f"{name}: {value!r} must be > 0")
+        elif name in _NON_NEGATIVE and value < 0:
+            problems.append(f"{name}: {value!r} must be >= 0")
+        elif name == "boundary_ratio" and not 0 < value < 1:
+            problems.append(f"boundary_ratio: {value!r} must be between 0 and 1")
+    for name, low in _INTEGERS.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{name}: {value!r} is not an integer")
+        elif value < low or (name == "seed" and value > MAX_SEED):
+            problems.append(f"{name}: {value!r} must be " + (f">= {low}" if name != "seed" else "in [0, 2**63 - 1]"))
+    for name, choices in _CHOICES.items():
+        if getattr(config, name) not in choices:
+            problems.append(f"{name}: {getattr(config, name)!r} is not one of {list(choices)}")
+    length = config.clip_length
+    if length not in CLIP_LENGTHS and (isinstance(length, bool) or not isinstance(length, int) or length < 5
+                                       or (length - 1) % 4):
+        problems.append(f"clip_length: {length!r} must be 'official', 'paper' or a frame count 4k+1 >= 5 (Wan's VAE "
+                        "packs 4 frames into each latent after the first)")
+    targets = config.target_modules
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+        problems.append(f"target_modules: {targets!r} must be a non-empty list of module names")
+    for name in ("manifest", "model", "output_dir"):
+        if not isinstance(getattr(config, name), str) or not getattr(config, name):
+            problems.append(f"{name}: {getattr(config, name)!r} must be a non-empty string")
+    if isinstance(config.model, str):
+        try:
+            get_backbone(config.model)
+        except KeyError as error:
+            problems.append(f"model: {error.args[0]}")
+    for name in ("model_path", "cache_dir"):
+        if getattr(config, name) is not None and not isinstance(getattr(config, name), str):
+            problems.append(f"{name}: {getattr(config, name)!r} must be a path")
+    if not isinstance(config.gradient_checkpointing, bool):
+        problems.append(f"gradient_checkpointing: {config.gradient_checkpointing!r} must be true or false")
+    return problems
+
+
+def check_targets_early(config: TrainConfig) -> None:
+    """:func:`check_targets` before loading the model, for backbones whose weightless skeleton names the modules."""
+    if get_backbone(config.model).transformer_config is not None:
+        check_targets(skeleton_transformer(config.model), config)
+
+
+def check_targets(transformer, config: TrainConfig) -> None:
+    """Refuse ``target_modules`` entries that name no Linear layer of ``transformer`` (a typo would otherwise
+    train a LoRA on the other targets only)."""
+    unknown = [t for t in config.target_modules if not target_module_count(transformer, [t])]
+    if unknown:
+        raise TargetModulesError(f"target_modules {unknown} match no layer of the {config.model} transformer; FFGo's are "
+                         f"{FFGO_TARGET_MODULES}")
 
 
 def clip_frames(config: TrainConfig) -> int:
@@ -173,6 +275,7 @@ def add_ffgo_lora(transformer, config: "TrainConfig") -> list[torch.nn.Parameter
     in float32 (the frozen base may be bf16) and are the only trainable parameters, which are returned."""
     from peft import LoraConfig
 
+    check_targets(transformer, config)
     expected = target_module_count(transformer, config.target_modules)
     lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=config.target_modules,
                              init_lora_weights=True)
@@ -371,12 +474,11 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
     accelerator = Accelerator(cpu=not cuda, mixed_precision=precision,
                               gradient_accumulation_steps=config.gradient_accumulation_steps)
     run_dir = Path(config.output_dir) / expert
+    check_targets_early(config)
     fingerprint = run_fingerprint(config, expert)
     checkpoint = latest_checkpoint(run_dir) if resume or force_resume else None
     if checkpoint is not None:
         check_resumable(checkpoint, fingerprint, force_resume)  # before minutes of loading and encoding
-    if accelerator.is_main_process:
-        write_json(run_dir / "config.json", asdict(config))
 
     # 1. the backbone, frozen, with a fresh LoRA on the expert being trained
     pipe = load_pipeline(config.model, device=accelerator.device, path=config.model_path)
@@ -409,7 +511,8 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
     if checkpoint is not None:
         step = read_checkpoint(accelerator, checkpoint, transformer, optimizer, generator, expert, config)
         accelerator.print(f"resumed {expert} from {checkpoint} at step {step}")
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # every check passed: the run's folder is written from here on
+        write_json(run_dir / "config.json", asdict(config))
         if checkpoint is not None:
             _trim_log(log_path, step)
         else:
@@ -565,7 +668,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = TrainConfig.from_file(args.config, max_steps=args.max_steps, output_dir=args.output_dir,
                                    manifest=args.manifest)
-    for expert, result in train(config, resume=args.resume, force_resume=args.force_resume).items():
+    try:
+        results = train(config, resume=args.resume, force_resume=args.force_resume)
+    except TargetModulesError as error:  # a setting of the file, found once the model names its modules
+        raise ValueError(f"{args.config}: {error}") from error
+    for expert, result in results.items():
         if result.losses:
             print(f"{expert}: {len(result.losses)} steps, loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; "
                   f"LoRA in {result.lora}")
