@@ -434,11 +434,16 @@ class LatentCache:
         self.directory = Path(directory)
 
     def get(self, key: str, compute) -> dict[str, torch.Tensor]:
+        """The cached tensors, or ``compute()``'s, saved; an unreadable entry is named and encoded again."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file, save_file
 
         path = self.directory / f"{key}.safetensors"
         if path.is_file():
-            return load_file(str(path))
+            try:
+                return load_file(str(path))
+            except (SafetensorError, OSError) as error:
+                print(f"warning: latent cache entry {path} cannot be read ({error}); encoding it again", flush=True)
         tensors = compute()
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp))

@@ -93,6 +93,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def fsync_tree(path: str | os.PathLike) -> None:
+    """Flush a file, or a folder and everything in it, to the disk, and the folder holding it: a model or
+    checkpoint published by a rename must not come back empty after a power cut."""
+    path = Path(path)
+    for item in [path, *(sorted(path.rglob("*")) if path.is_dir() else []), path.parent]:
+        fd = os.open(item, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not available."""
     function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
@@ -112,8 +124,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty staging folder beside ``path``; only if the block succeeds does it replace ``path`` whole,
     so a folder of many files (a diffusers pipeline) is never left half old and half new, nor with stale files.
     Each writer stages in a folder of its own and swaps it in with one atomic exchange, so concurrent writers
-    leave one of their complete results and a kill at any moment leaves the old or the new folder. Where the
-    exchange is unavailable, two renames are used and a kill between them is repaired by the next writer."""
+    leave one of their complete results and a kill at any moment leaves the old or the new folder; the files are
+    flushed to the disk before. Where the exchange is unavailable, two renames are used and a kill between them
+    is repaired by the next writer."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file, not a folder: give a folder path to write into")
@@ -128,6 +141,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield staging
         os.chmod(staging, mode)
+        fsync_tree(staging)
         try:
             os.rename(staging, path)  # nothing there yet (or an empty folder)
         except OSError as error:
@@ -138,6 +152,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
                 os.replace(path, old)
                 os.rename(staging, path)
                 shutil.rmtree(old, ignore_errors=True)
+        fsync_tree(path)  # and the folder that now names it
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

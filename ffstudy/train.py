@@ -22,6 +22,7 @@ import csv
 import hashlib
 import json
 import math
+import pickle
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -32,7 +33,7 @@ import torch
 from .data import (CLIP_LENGTHS, FewShotDataset, LatentCache, check_dataset, clip_key, encode_clip, encoder_fingerprint,
                    latent_entity_mask)
 from .lora import FFGO_TARGET_MODULES, WEIGHT_NAMES, save_lora, target_module_count
-from .io import write_json
+from .io import fsync_tree, write_json
 from .models import default_device, get_backbone, load_pipeline, skeleton_transformer
 
 
@@ -330,9 +331,8 @@ def fingerprint_changes(saved: dict, current: dict) -> list[str]:
     return changes
 
 
-def check_resumable(checkpoint: Path, fingerprint: dict, force: bool = False) -> None:
+def check_resumable(checkpoint: Path, state: dict, fingerprint: dict, force: bool = False) -> None:
     """Refuse to resume from a checkpoint of another run, saying what differs; ``force`` continues anyway."""
-    state = json.loads((checkpoint / "state.json").read_text())
     if "fingerprint" not in state:
         print(f"warning: {checkpoint} was written before ffstudy stored run fingerprints; resuming from it "
               "unchecked", flush=True)
@@ -345,6 +345,53 @@ def check_resumable(checkpoint: Path, fingerprint: dict, force: bool = False) ->
             f"with the new settings anyway, use --force-resume.")
     if changes:
         print(f"warning: --force-resume: continuing {checkpoint} despite {'; '.join(changes)}", flush=True)
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint file cannot be read (a disk error or a bad copy: a kill cannot leave one half-written)."""
+
+
+def _read(path: Path, loader):
+    """``loader(path)``, any failure to read reported as the file's damage."""
+    from safetensors import SafetensorError
+
+    try:
+        return loader(path)
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as error:
+        raise DamagedCheckpointError(f"{path} cannot be read ({type(error).__name__}: {error})") from error
+
+
+def _verified_state(checkpoint: Path, expert: str, process_index: int) -> dict:
+    """The checkpoint's state.json, after checking that every file this process will read opens (cheaply:
+    headers and memory maps, not the tensors)."""
+    from safetensors import safe_open
+
+    state = _read(checkpoint / "state.json", lambda p: json.loads(p.read_text()))
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise DamagedCheckpointError(f"{checkpoint / 'state.json'} holds no step")
+    _read(checkpoint / WEIGHT_NAMES[expert], lambda p: list(safe_open(str(p), "pt").keys()))
+    for name in ("optimizer.pt", f"rng-{process_index}.pt"):
+        _read(checkpoint / name, lambda p: torch.load(p, weights_only=True, mmap=True))
+    return state
+
+
+def pick_checkpoint(run_dir: Path, fingerprint: dict, expert: str, force: bool = False,
+                    process_index: int = 0) -> Path | None:
+    """The newest checkpoint that reads and belongs to this run (see :func:`check_resumable`). A damaged one is
+    named and skipped for the one before it; if all are damaged the run stops rather than start over."""
+    found = sorted((p for p in run_dir.glob("checkpoint-*") if p.is_dir()), reverse=True)
+    for checkpoint in found:
+        try:
+            state = _verified_state(checkpoint, expert, process_index)
+        except DamagedCheckpointError as error:
+            print(f"warning: --resume: {error}; skipping {checkpoint.name} for the checkpoint before it", flush=True)
+            continue
+        check_resumable(checkpoint, state, fingerprint, force)
+        return checkpoint
+    if found:
+        raise DamagedCheckpointError(f"--resume: every checkpoint in {run_dir} is damaged (see the warnings above); "
+                                     "start fresh without --resume")
+    return None
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -379,8 +426,10 @@ def write_checkpoint(accelerator, directory: Path, step: int, transformer, optim
         save_lora(accelerator.unwrap_model(transformer), staging, expert, state_dict=full_state)
         torch.save(optimizer_state, staging / "optimizer.pt")
         (staging / "state.json").write_text(json.dumps({"step": step, "expert": expert, "fingerprint": fingerprint}))
+        fsync_tree(staging)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
+        fsync_tree(final)  # and the folder that now names it
     accelerator.wait_for_everyone()
 
 
@@ -476,9 +525,8 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
     run_dir = Path(config.output_dir) / expert
     check_targets_early(config)
     fingerprint = run_fingerprint(config, expert)
-    checkpoint = latest_checkpoint(run_dir) if resume or force_resume else None
-    if checkpoint is not None:
-        check_resumable(checkpoint, fingerprint, force_resume)  # before minutes of loading and encoding
+    checkpoint = pick_checkpoint(run_dir, fingerprint, expert, force_resume, accelerator.process_index) \
+        if resume or force_resume else None  # before minutes of loading and encoding
 
     # 1. the backbone, frozen, with a fresh LoRA on the expert being trained
     pipe = load_pipeline(config.model, device=accelerator.device, path=config.model_path)
@@ -566,7 +614,7 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
     replicas = gather_object([_digest(params)])
     full_state = accelerator.get_state_dict(transformer)
     if accelerator.is_main_process:
-        save_lora(accelerator.unwrap_model(transformer), run_dir, expert, state_dict=full_state)
+        fsync_tree(save_lora(accelerator.unwrap_model(transformer), run_dir, expert, state_dict=full_state))
         write_json(run_dir / "replicas.json", {"lora_sha256": replicas, "in_sync": len(set(replicas)) == 1})
         if len(set(replicas)) != 1:
             raise RuntimeError(f"processes ended with different LoRA weights: {replicas}")

@@ -300,3 +300,43 @@ def test_a_failed_final_write_keeps_the_result_elsewhere_and_the_old_one_whole(t
     assert json.loads((rescue / "generation.json").read_text())["prompt"] == video.prompt
     assert tree_digest(out) == before  # no new file beside the old set
     shutil.rmtree(rescue)
+
+
+# --------------------------------------------------------------------------------------------- damaged files
+@pytest.mark.parametrize("damage", ["truncated LoRA", "random optimizer.pt", "broken state.json", "no rng"])
+def test_resume_names_a_damaged_checkpoint_and_continues_from_the_one_before(tmp_path, finished_run, capsys,
+                                                                            damage):
+    latest = finished_run / "checkpoint-000004"
+    file = {"truncated LoRA": "high_noise_lora.safetensors", "random optimizer.pt": "optimizer.pt",
+            "broken state.json": "state.json", "no rng": "rng-0.pt"}[damage]
+    data = (latest / file).read_bytes()
+    if damage == "no rng":
+        (latest / file).unlink()
+    else:
+        (latest / file).write_bytes(data[: len(data) // 2] if damage != "random optimizer.pt" else os.urandom(500))
+    result = train_expert(train_config(tmp_path, max_steps=6), "high", resume=True)
+    out = capsys.readouterr().out
+    assert f"{latest / file} cannot be read" in out and "skipping checkpoint-000004" in out
+    assert "resumed high from" in out and "checkpoint-000002 at step 2" in out
+    assert len(result.losses) == 6 and logged_steps(finished_run) == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_stops_when_every_checkpoint_is_damaged(tmp_path, finished_run):
+    for checkpoint in finished_run.glob("checkpoint-*"):
+        (checkpoint / "optimizer.pt").write_bytes(b"garbage")
+    before = tree_digest(finished_run)
+    with pytest.raises(ValueError, match="every checkpoint in .* is damaged.*start fresh without --resume"):
+        train_expert(train_config(tmp_path, max_steps=6), "high", resume=True)
+    assert tree_digest(finished_run) == before
+
+
+def test_a_damaged_latent_cache_entry_is_encoded_again(tmp_path, finished_run, capsys):
+    from safetensors.torch import load_file
+
+    entry = sorted((tmp_path / "run" / "cache").glob("*.safetensors"))[0]
+    good = {k: v.clone() for k, v in load_file(str(entry)).items()}  # not views of the file damaged next
+    entry.write_bytes(entry.read_bytes()[:100])
+    train_expert(train_config(tmp_path, max_steps=1), "high")
+    assert f"latent cache entry {entry} cannot be read" in capsys.readouterr().out
+    again = load_file(str(entry))
+    assert again.keys() == good.keys() and all(torch.equal(good[k], again[k]) for k in good)
