@@ -47,6 +47,21 @@ def _finite(text: str) -> float:
 
 
 POSITIVE, COUNT, SEED = _integer(1), _integer(0), _integer(0, 2**64 - 1)
+LARGE = 4  # memory grows with pixels x frames: 4096x4096 on SpriteWorld (1,100x its clip) reached 12.7 GB
+
+
+def _refuse_large(args) -> None:
+    """Refuse, before loading, a clip far past the backbone's native one unless --allow-large says to try."""
+    from .models import get_backbone
+
+    spec = get_backbone(args.model)
+    height, width = spec.default_size
+    frames = args.frames or spec.default_frames
+    ratio = (args.height or height) * (args.width or width) * frames / (height * width * spec.default_frames)
+    if ratio > LARGE and not args.allow_large:
+        raise ValueError(f"--height/--width/--frames {args.width or width}x{args.height or height}x{frames} is "
+                         f"{ratio:.0f}x the pixels x frames of {args.model}'s native {width}x{height}x"
+                         f"{spec.default_frames} clip, and memory grows with it: pass --allow-large to try anyway")
 
 
 def _canvas(text: str) -> tuple[int, int]:
@@ -118,6 +133,8 @@ def _add_generate_args(parser: argparse.ArgumentParser, default_model: str | Non
     parser.add_argument("--lora", help="FFGo LoRA for the (high-noise) transformer: a diffusers folder or a "
                                        "diffusers / kohya (official FFGo) / ComfyUI .safetensors file")
     parser.add_argument("--lora-low", help="Wan2.2-A14B only: the LoRA for the low-noise expert (transformer_2)")
+    parser.add_argument("--allow-large", action="store_true",
+                        help=f"allow a clip of more than {LARGE}x the backbone's native pixels x frames")
 
 
 def _load_with_lora(args):
@@ -168,6 +185,7 @@ def _generate(args, first_frame, prompt: str, out: Path):
     from .generate import OUTPUT_NAMES, generate
     from .io import exclusive_output
 
+    _refuse_large(args)
     with exclusive_output(out, OUTPUT_NAMES):  # checked before loading and sampling; no second run writes there
         pipe = _load_with_lora(args)
         video = generate(pipe, first_frame, prompt, num_frames=args.frames, height=args.height, width=args.width,
@@ -241,6 +259,7 @@ def cmd_probe(args) -> int:
         raise ValueError(f"--probe-steps {late}: the run has only --steps {args.steps} (steps 0 to {args.steps - 1})")
     out = Path(args.out)
     _refuse_overwriting_inputs(args, [out / name for name in OUTPUT_NAMES + PROBE_FILES])
+    _refuse_large(args)
     first_frame = _first_frame(args)
     with exclusive_output(out, OUTPUT_NAMES + PROBE_FILES[:4]):
         pipe = _load_with_lora(args)
