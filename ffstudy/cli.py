@@ -565,8 +565,19 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
             Image.DecompressionBombError)
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM (kill, a scheduler's time limit) unwinds like Ctrl-C, so temporary files and the output folder's
+    lock are removed on the way out instead of left for the next run."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return args.func(args)
     except _expected_errors() as error:

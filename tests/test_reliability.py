@@ -340,3 +340,20 @@ def test_a_damaged_latent_cache_entry_is_encoded_again(tmp_path, finished_run, c
     assert f"latent cache entry {entry} cannot be read" in capsys.readouterr().out
     again = load_file(str(entry))
     assert again.keys() == good.keys() and all(torch.equal(good[k], again[k]) for k in good)
+
+
+def test_sigterm_removes_the_lock_and_temporary_files(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "ffstudy.cli", "generate", "--model", "spriteworld", "-f",
+               "data/references/red_star.png", "-b", "data/backgrounds/meadow.png", "-p", "x", "--steps", "400",
+               "-o", str(out)]
+    process = subprocess.Popen(command, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / ".ffstudy.lock").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert (out / ".ffstudy.lock").exists(), process.stderr.read()[-2000:]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert "Traceback" not in process.stderr.read()
+    assert not out.exists()  # created by the run, left empty: removed with its lock
