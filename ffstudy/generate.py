@@ -12,7 +12,9 @@ canvas colour), with the entity geometry moved along.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,24 +117,34 @@ class FFGoVideo:
             try:
                 self._write(rescue, with_transition)
             except OSError as second:
-                raise ResultKeptElsewhereError(f"could not write the result into {directory} ({error}) nor into "
-                                               f"{rescue} ({second})") from error
-            raise ResultKeptElsewhereError(f"could not write the result into {directory} ({error}); it was saved "
-                                           f"in {rescue} instead: move it from there") from error
+                shutil.rmtree(rescue, ignore_errors=True)
+                raise ResultKeptElsewhereError(f"could not write the result into {directory} ({_reason(error)}) "
+                                               f"nor into a temporary folder ({_reason(second)})") from error
+            raise ResultKeptElsewhereError(f"could not write the result into {directory} ({_reason(error)}); it "
+                                           f"was saved in {rescue} instead: move it from there") from error
 
     def _write(self, directory: Path, with_transition: bool) -> dict[str, Path]:
+        writers = {"video.mp4": lambda tmp: write_video(tmp, self.frames, fps=self.fps),
+                   "composite.png": lambda tmp: save_image(tmp, self.first_frame_image),
+                   "generation.json": lambda tmp: write_json(tmp, {"prompt": self.prompt, **self.settings})}
+        if with_transition:
+            writers["video_with_transition.mp4"] = lambda tmp: write_video(tmp, self.full, self.fps)
+        with contextlib.ExitStack() as stack:
+            for name, write in writers.items():
+                try:
+                    write(stack.enter_context(atomic_path(directory / name)))
+                except OSError as error:  # name the file, not its temporary stand-in
+                    raise OSError(error.errno or errno.EIO, error.strerror or str(error), str(directory / name)
+                                  ) from error
         paths = {"video": directory / "video.mp4", "composite": directory / "composite.png",
                  "settings": directory / "generation.json"}
         if with_transition:
             paths["video_with_transition"] = directory / "video_with_transition.mp4"
-        with contextlib.ExitStack() as stack:
-            staged = {key: stack.enter_context(atomic_path(path)) for key, path in paths.items()}
-            write_video(staged["video"], self.frames, fps=self.fps)
-            save_image(staged["composite"], self.first_frame_image)
-            if with_transition:
-                write_video(staged["video_with_transition"], self.full, self.fps)
-            write_json(staged["settings"], {"prompt": self.prompt, **self.settings})
         return paths
+
+
+def _reason(error: OSError) -> str:
+    return f"{error.filename}: {error.strerror}" if error.filename and error.strerror else str(error)
 
 
 def check_sampling_settings(num_inference_steps: int, seed: int, **numbers: float | None) -> None:

@@ -86,7 +86,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as error:
+            if error.filename is None and error.errno is not None:  # a failed write() (a full disk) names no file
+                raise type(error)(error.errno, error.strerror, str(path)) from error
+            raise
         os.chmod(tmp, _final_mode(path, 0o666))
         os.replace(tmp, path)
     finally:
@@ -282,7 +287,10 @@ def write_video(path: str | os.PathLike, frames, fps: float = 16) -> Path:
         raise ValueError(f"frames: expected shape (F, H, W, 3) with F >= 1, got {frames.shape}")
     mediapy = _ffmpeg()
     with atomic_path(path) as tmp:
-        mediapy.write_video(tmp, frames, fps=fps)
+        try:
+            mediapy.write_video(tmp, frames, fps=fps)
+        except RuntimeError as error:  # ffmpeg failed to write (a full disk, a file size limit): an OS error
+            raise OSError(errno.EIO, "ffmpeg could not write the video", str(path)) from error
     return Path(path)
 
 

@@ -357,3 +357,26 @@ def test_sigterm_removes_the_lock_and_temporary_files(tmp_path):
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
     assert "Traceback" not in process.stderr.read()
     assert not out.exists()  # created by the run, left empty: removed with its lock
+
+
+def test_a_file_size_limit_is_reported_in_a_line(tmp_path):
+    """ulimit -f: Python gets EFBIG, ffmpeg dies; generate names both folders it tried, compose the file."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    cut, plate = "data/references/red_star.png", "data/backgrounds/meadow.png"
+    commands = {"generate": ["generate", "--model", "tiny-wan2.2-i2v", "-f", cut, "-b", plate, "-p", "x",
+                             "--steps", "1", "-o", str(tmp_path / "gen")],
+                "compose": ["compose", "-f", cut, "-b", plate, "-o", str(tmp_path / "comp")]}
+    for name, argv in commands.items():
+        done = subprocess.run([sys.executable, "-m", "ffstudy.cli", *argv], cwd=Path(__file__).parents[1],
+                              preexec_fn=limit, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        if name == "generate":
+            assert f"could not write the result into {tmp_path / 'gen'} ({tmp_path / 'gen' / 'video.mp4'}: ffmpeg " \
+                "could not write the video) nor into a temporary folder" in last
+        else:
+            assert "File too large" in last and "file size limit" in last and str(tmp_path / "comp") in last
