@@ -108,25 +108,29 @@ def _tiny_transformer(in_channels=36, out_channels=16, text_dim=32, **extra):
 def ffgo_scheduler(config=None, flow_shift: float = 5.0, sigma_schedule: str = "official"):
     """The sampler FFGo uses: UniPC on flow-matching sigmas (Wan's solver), shift 5; ``config`` keeps the rest
     of a checkpoint's scheduler settings. ``sigma_schedule="official"`` samples the official scripts' sigma grid
-    (:class:`~ffstudy.schedulers.FFGoUniPCScheduler`); ``"diffusers"`` gives diffusers' default grid back."""
+    (:func:`~ffstudy.schedulers.use_official_sigmas`); ``"diffusers"`` gives diffusers' default grid back.
+
+    Either way it is a plain ``diffusers.UniPCMultistepScheduler`` (class and config), so a pipeline holding it
+    saves a standard diffusers folder."""
     from diffusers import UniPCMultistepScheduler
 
-    from .schedulers import SIGMA_SCHEDULES, FFGoUniPCScheduler
+    from .schedulers import SIGMA_SCHEDULES, use_official_sigmas
 
     if sigma_schedule not in SIGMA_SCHEDULES:
         raise ValueError(f"sigma_schedule={sigma_schedule!r}: use one of {SIGMA_SCHEDULES}")
-    cls = FFGoUniPCScheduler if sigma_schedule == "official" else UniPCMultistepScheduler
     settings = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
     if config is None:
-        return cls(num_train_timesteps=1000, **settings)
-    return cls.from_config(config, **settings)
+        scheduler = UniPCMultistepScheduler(num_train_timesteps=1000, **settings)
+    else:
+        scheduler = UniPCMultistepScheduler.from_config(config, **settings)
+    return use_official_sigmas(scheduler) if sigma_schedule == "official" else scheduler
 
 
 def sigma_schedule_of(scheduler) -> str:
     """``"official"`` for :func:`ffgo_scheduler`'s official sampler, else ``"diffusers"``."""
-    from .schedulers import FFGoUniPCScheduler
+    from .schedulers import has_official_sigmas
 
-    return "official" if isinstance(scheduler, FFGoUniPCScheduler) else "diffusers"
+    return "official" if has_official_sigmas(scheduler) else "diffusers"
 
 
 def _build_tiny(family: str, seed: int = 0):
@@ -222,6 +226,8 @@ def _resolve_local(spec: BackboneSpec, path: str | os.PathLike | None) -> str | 
 
 def _from_pretrained(spec: BackboneSpec, source: str, dtype: torch.dtype):
     from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
+
+    from . import schedulers  # noqa: F401  (lets diffusers resolve folders that name the legacy FFGoUniPCScheduler)
 
     local = Path(source).exists()
     if not local and spec.repo_id is None:

@@ -1,4 +1,4 @@
-"""The official FFGo sampling schedule as a diffusers scheduler.
+"""The official FFGo sampling schedule on diffusers' own UniPC scheduler.
 
 FFGo's inference scripts sample with Wan's own flow UniPC solver (VideoX-Fun ``FlowUniPCMultistepScheduler``),
 whose sigmas are ``linspace(0.999, 0, n + 1)[:-1]`` shifted by ``shift·σ / (1 + (shift − 1)·σ)``. diffusers'
@@ -6,10 +6,19 @@ whose sigmas are ``linspace(0.999, 0, n + 1)[:-1]`` shifted by ``shift·σ / (1 
 0.0043 apart in σ at shift 5 and 50 steps. The diffusers Wan pipelines call ``set_timesteps(n)`` without
 sigmas, so the official schedule has to come from the scheduler itself.
 
-This module imports diffusers at the top on purpose: when a pipeline holding :class:`FFGoUniPCScheduler` is
-saved, diffusers' loader finds the class here and looks up its base classes in this module.
+:func:`use_official_sigmas` gives one ``UniPCMultistepScheduler`` *instance* a ``set_timesteps`` that supplies
+the official sigmas. Its class, config and module stay diffusers' own, so a pipeline holding it saves a standard
+diffusers folder (``scheduler_config.json`` says ``UniPCMultistepScheduler``, ``model_index.json`` says
+``diffusers``) that plain ``WanImageToVideoPipeline.from_pretrained`` loads; such a load samples diffusers'
+default grid, and ``ffstudy.models.load_pipeline`` puts the official one back.
+
+This module imports diffusers at the top on purpose: folders saved by ffstudy between 9b5a9cf and this fix name
+``["ffstudy.schedulers", "FFGoUniPCScheduler"]``; with this module imported, diffusers finds that class here
+and looks up its base classes in this module (``ffstudy.models`` imports it before loading a folder).
 """
 from __future__ import annotations
+
+import types
 
 import numpy as np
 from diffusers import SchedulerMixin, UniPCMultistepScheduler  # noqa: F401  (SchedulerMixin: see above)
@@ -22,18 +31,44 @@ def official_flow_sigmas(num_inference_steps: int, num_train_timesteps: int = 10
     return np.linspace(1 - 1 / num_train_timesteps, 0, num_inference_steps + 1)[:-1]
 
 
-class FFGoUniPCScheduler(UniPCMultistepScheduler):
-    """diffusers' UniPC on flow sigmas, with the official Wan/VideoX-Fun sigma grid as its default schedule.
+def _check_flow_config(scheduler) -> None:
+    if not scheduler.config.use_flow_sigmas or scheduler.config.use_dynamic_shifting:
+        raise ValueError("the official FFGo schedule needs use_flow_sigmas=True and use_dynamic_shifting=False "
+                         "(it is a fixed shift of flow sigmas)")
 
-    Everything else (solver, order, shift from ``flow_shift``, final sigma 0, int64 timesteps) is diffusers'
-    own; explicit ``sigmas`` still win. Use ``ffstudy.models.ffgo_scheduler(sigma_schedule="diffusers")`` for
-    diffusers' default grid.
+
+def _official_set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None, mu=None):
+    """UniPC's ``set_timesteps`` with the official sigmas when none are given (explicit ``sigmas`` still win)."""
+    if sigmas is None and num_inference_steps is not None:
+        _check_flow_config(self)
+        sigmas = official_flow_sigmas(num_inference_steps, self.config.num_train_timesteps)
+    UniPCMultistepScheduler.set_timesteps(self, num_inference_steps, device=device, sigmas=sigmas, mu=mu)
+
+
+def use_official_sigmas(scheduler: UniPCMultistepScheduler) -> UniPCMultistepScheduler:
+    """Make ``scheduler`` (a ``UniPCMultistepScheduler`` on flow sigmas) sample the official Wan/VideoX-Fun sigma
+    grid by default; returns it. Everything else (solver, order, shift from ``flow_shift``, final sigma 0, int64
+    timesteps, the saved config) is diffusers' own. ``copy.deepcopy`` keeps the schedule; ``from_config``,
+    ``save_pretrained``/``from_pretrained`` and pickling give diffusers' default grid back."""
+    if not isinstance(scheduler, UniPCMultistepScheduler):
+        raise TypeError(f"use_official_sigmas needs a UniPCMultistepScheduler, not {type(scheduler).__name__}")
+    _check_flow_config(scheduler)
+    scheduler.set_timesteps = types.MethodType(_official_set_timesteps, scheduler)
+    return scheduler
+
+
+def has_official_sigmas(scheduler) -> bool:
+    """Whether ``scheduler`` samples the official grid: :func:`use_official_sigmas` or the legacy class."""
+    if isinstance(scheduler, FFGoUniPCScheduler):
+        return True
+    return getattr(getattr(scheduler, "set_timesteps", None), "__func__", None) is _official_set_timesteps
+
+
+class FFGoUniPCScheduler(UniPCMultistepScheduler):
+    """Legacy: the official grid as a UniPC subclass, kept only so that folders saved by ffstudy while it used
+    this class (they name ``ffstudy.schedulers.FFGoUniPCScheduler``) still load. ffstudy no longer puts it on a
+    pipeline: a pipeline holding it saves a folder plain diffusers cannot load. Use :func:`use_official_sigmas`.
     """
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None, mu=None):
-        if sigmas is None and num_inference_steps is not None:
-            if not self.config.use_flow_sigmas or self.config.use_dynamic_shifting:
-                raise ValueError("FFGoUniPCScheduler needs use_flow_sigmas=True and use_dynamic_shifting=False "
-                                 "(the official schedule is a fixed shift of flow sigmas)")
-            sigmas = official_flow_sigmas(num_inference_steps, self.config.num_train_timesteps)
-        super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu)
+        _official_set_timesteps(self, num_inference_steps, device=device, sigmas=sigmas, mu=mu)

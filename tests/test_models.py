@@ -107,3 +107,52 @@ def test_sigma_schedule_is_a_setting_that_survives_a_new_shift(tiny_pipe, cutout
     assert official.settings["sigma_schedule"] == "official"
     assert not np.array_equal(official.frames, generate(load_pipeline("tiny-wan2.2-i2v", sigma_schedule="diffusers"),
                                                         comp, "x", **kwargs).frames)
+
+
+@pytest.mark.filterwarnings("ignore:.*on the CPU will take hours")
+def test_saved_pipelines_are_standard_diffusers_folders(tmp_path, tiny_pipe):
+    """The official schedule lives on a plain UniPCMultistepScheduler: a folder ffstudy saves names only diffusers
+    and transformers classes, loads in a Python that never imported ffstudy, and ffstudy's own load puts the
+    official grid back. A folder saved while ffstudy used FFGoUniPCScheduler (9b5a9cf) still loads in ffstudy."""
+    import copy
+    import json
+    import subprocess
+    import sys
+
+    from ffstudy.models import sigma_schedule_of
+
+    pipe = tiny_pipe("tiny-wan2.2-i2v")
+    assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler" and sigma_schedule_of(pipe.scheduler) == "official"
+    assert sigma_schedule_of(copy.deepcopy(pipe.scheduler)) == "official"
+    folder = tmp_path / "saved"
+    pipe.save_pretrained(folder)
+    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler_config["_class_name"] == "UniPCMultistepScheduler"
+    assert scheduler_config["use_flow_sigmas"] and scheduler_config["flow_shift"] == 5.0
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "UniPCMultistepScheduler"]
+    assert all(value[0] in ("diffusers", "transformers", None) for key, value in index.items()
+               if isinstance(value, list)), index
+    plain = ("import json, sys, diffusers\n"
+             "pipe = diffusers.WanImageToVideoPipeline.from_pretrained(sys.argv[1])\n"
+             "assert 'ffstudy' not in sys.modules\n"
+             "pipe.scheduler.set_timesteps(50)\n"
+             "print(json.dumps([type(pipe.scheduler).__name__, round(pipe.scheduler.sigmas[0].item(), 4)]))\n")
+    done = subprocess.run([sys.executable, "-c", plain, str(folder)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["UniPCMultistepScheduler", 1.0]  # diffusers' grid
+    loaded = load_pipeline("wan2.2-i2v-a14b", path=folder, dtype=torch.float32, device="cpu")
+    assert sigma_schedule_of(loaded.scheduler) == "official" and type(loaded.scheduler).__name__ == "UniPCMultistepScheduler"
+    loaded.scheduler.set_timesteps(50)
+    assert round(loaded.scheduler.sigmas[0].item(), 6) == 0.9998  # the official grid
+    assert loaded.scheduler.timesteps[:5].tolist() == [999, 995, 991, 987, 982]
+    # legacy folder: scheduler saved as ffstudy.schedulers.FFGoUniPCScheduler
+    scheduler_config["_class_name"] = "FFGoUniPCScheduler"
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config))
+    index["scheduler"] = ["ffstudy.schedulers", "FFGoUniPCScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    legacy = load_pipeline("wan2.2-i2v-a14b", path=folder, dtype=torch.float32, device="cpu")
+    assert type(legacy.scheduler).__name__ == "UniPCMultistepScheduler" and sigma_schedule_of(legacy.scheduler) == "official"
+    legacy.save_pretrained(tmp_path / "resaved")
+    assert json.loads((tmp_path / "resaved" / "model_index.json").read_text())["scheduler"] == \
+        ["diffusers", "UniPCMultistepScheduler"]
