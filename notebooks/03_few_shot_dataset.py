@@ -55,6 +55,7 @@ import numpy as np
 
 from ffstudy import course
 from ffstudy.data import FewShotDataset, check_dataset
+from ffstudy.generate import TRIGGER
 from ffstudy.spriteworld.fewshot import write_fewshot_dataset
 
 course.setup()
@@ -156,7 +157,8 @@ root = Path(OUT).resolve()
 print(len(rows), "rows; the first:")
 print(json.dumps({k: str(Path(v).relative_to(root)) if k.endswith("path") else v for k, v in rows[0].items()}, indent=1))
 back = FewShotDataset.import_official(official)
-print("captions survive the round trip:", [e.caption for e in back] == [e.caption for e in dataset])
+print("captions survive the round trip (trigger prefixed):",
+      [e.caption for e in back] == [f"{TRIGGER} {e.caption}" for e in dataset])
 
 # %% [markdown]
 # ## Check before you train
