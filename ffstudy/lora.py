@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-# target modules FFGo trained (shared/reference/ffgo-method.md §4.2): 401 per 14B expert
+# target modules FFGo trained (book: "Parity with the official FFGo code"): 401 per 14B expert
 FFGO_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2", "time_proj"]
 WEIGHT_NAMES = {"high": "high_noise_lora.safetensors", "low": "low_noise_lora.safetensors",
                 "main": "pytorch_lora_weights.safetensors"}
 # the official release keeps each expert's run in a folder named ..._wan_14bHigh_... / ..._wan_14bLow_..., holding
-# VideoX-Fun's checkpoint-<step>.safetensors (ffgo-method.md §9)
+# VideoX-Fun's checkpoint-<step>.safetensors (book: "Parity with the official FFGo code")
 OFFICIAL_RUN_DIRS = {"high": "ffgo_wan_14bHigh", "low": "ffgo_wan_14bLow", "main": "ffgo_wan"}
 
 _TO_ORIGINAL = [  # diffusers module path -> Wan's original module path

@@ -227,8 +227,6 @@ def _resolve_local(spec: BackboneSpec, path: str | os.PathLike | None) -> str | 
 def _from_pretrained(spec: BackboneSpec, source: str, dtype: torch.dtype):
     from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
 
-    from . import schedulers  # noqa: F401  (lets diffusers resolve folders that name the legacy FFGoUniPCScheduler)
-
     local = Path(source).exists()
     if not local and spec.repo_id is None:
         raise ModelNotAvailableError(f"backbone {spec.name!r}: folder {source} not found; it needs "

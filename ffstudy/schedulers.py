@@ -11,17 +11,13 @@ the official sigmas. Its class, config and module stay diffusers' own, so a pipe
 diffusers folder (``scheduler_config.json`` says ``UniPCMultistepScheduler``, ``model_index.json`` says
 ``diffusers``) that plain ``WanImageToVideoPipeline.from_pretrained`` loads; such a load samples diffusers'
 default grid, and ``ffstudy.models.load_pipeline`` puts the official one back.
-
-This module imports diffusers at the top on purpose: folders saved by ffstudy between 9b5a9cf and this fix name
-``["ffstudy.schedulers", "FFGoUniPCScheduler"]``; with this module imported, diffusers finds that class here
-and looks up its base classes in this module (``ffstudy.models`` imports it before loading a folder).
 """
 from __future__ import annotations
 
 import types
 
 import numpy as np
-from diffusers import SchedulerMixin, UniPCMultistepScheduler  # noqa: F401  (SchedulerMixin: see above)
+from diffusers import UniPCMultistepScheduler
 
 SIGMA_SCHEDULES = ("official", "diffusers")
 
@@ -58,17 +54,6 @@ def use_official_sigmas(scheduler: UniPCMultistepScheduler) -> UniPCMultistepSch
 
 
 def has_official_sigmas(scheduler) -> bool:
-    """Whether ``scheduler`` samples the official grid: :func:`use_official_sigmas` or the legacy class."""
-    if isinstance(scheduler, FFGoUniPCScheduler):
-        return True
+    """Whether ``scheduler`` samples the official grid (:func:`use_official_sigmas` was applied to it)."""
     return getattr(getattr(scheduler, "set_timesteps", None), "__func__", None) is _official_set_timesteps
 
-
-class FFGoUniPCScheduler(UniPCMultistepScheduler):
-    """Legacy: the official grid as a UniPC subclass, kept only so that folders saved by ffstudy while it used
-    this class (they name ``ffstudy.schedulers.FFGoUniPCScheduler``) still load. ffstudy no longer puts it on a
-    pipeline: a pipeline holding it saves a folder plain diffusers cannot load. Use :func:`use_official_sigmas`.
-    """
-
-    def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None, mu=None):
-        _official_set_timesteps(self, num_inference_steps, device=device, sigmas=sigmas, mu=mu)

@@ -113,7 +113,7 @@ def test_sigma_schedule_is_a_setting_that_survives_a_new_shift(tiny_pipe, cutout
 def test_saved_pipelines_are_standard_diffusers_folders(tmp_path, tiny_pipe):
     """The official schedule lives on a plain UniPCMultistepScheduler: a folder ffstudy saves names only diffusers
     and transformers classes, loads in a Python that never imported ffstudy, and ffstudy's own load puts the
-    official grid back. A folder saved while ffstudy used FFGoUniPCScheduler (9b5a9cf) still loads in ffstudy."""
+    official grid back."""
     import copy
     import json
     import subprocess
@@ -146,13 +146,3 @@ def test_saved_pipelines_are_standard_diffusers_folders(tmp_path, tiny_pipe):
     loaded.scheduler.set_timesteps(50)
     assert round(loaded.scheduler.sigmas[0].item(), 6) == 0.9998  # the official grid
     assert loaded.scheduler.timesteps[:5].tolist() == [999, 995, 991, 987, 982]
-    # legacy folder: scheduler saved as ffstudy.schedulers.FFGoUniPCScheduler
-    scheduler_config["_class_name"] = "FFGoUniPCScheduler"
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config))
-    index["scheduler"] = ["ffstudy.schedulers", "FFGoUniPCScheduler"]
-    (folder / "model_index.json").write_text(json.dumps(index))
-    legacy = load_pipeline("wan2.2-i2v-a14b", path=folder, dtype=torch.float32, device="cpu")
-    assert type(legacy.scheduler).__name__ == "UniPCMultistepScheduler" and sigma_schedule_of(legacy.scheduler) == "official"
-    legacy.save_pretrained(tmp_path / "resaved")
-    assert json.loads((tmp_path / "resaved" / "model_index.json").read_text())["scheduler"] == \
-        ["diffusers", "UniPCMultistepScheduler"]
