@@ -138,3 +138,23 @@ def who_retrieves_what_animation(result, video: np.ndarray, alpha: float = 0.55,
     maps = {t: result.who_retrieves_what(t, **selection) for t in range(1, result.num_frames)}
     return np.stack([_tint(video[i], maps[min(result.num_frames - 1, (i - 1) // temporal_stride + 1)],
                            result.entity_names, alpha) for i in range(1, len(video))])
+
+
+def contact_sheet(rows: list[tuple[str, np.ndarray]], every: int = 4, gap: int = 4,
+                  label_width: int = 150) -> Image.Image:
+    """One image of several videos, a row each: every ``every``-th frame (and the last), the row's label on the
+    left. The way to *look* at generated videos before trusting any number about them."""
+    from PIL import ImageDraw
+
+    height, width = rows[0][1].shape[1:3]
+    picks = sorted(set(range(0, len(rows[0][1]), every)) | {len(rows[0][1]) - 1})
+    sheet = Image.new("RGB", (label_width + len(picks) * (width + gap), len(rows) * (height + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, video) in enumerate(rows):
+        if video.shape[1:3] != (height, width):
+            raise ValueError(f"contact_sheet: row {label!r} has frames of {video.shape[1:3]}, not {(height, width)}")
+        y = r * (height + gap)
+        draw.multiline_text((4, y + 4), label, fill="black", spacing=2)
+        for c, t in enumerate(picks):
+            sheet.paste(Image.fromarray(video[min(t, len(video) - 1)]), (label_width + c * (width + gap), y))
+    return sheet

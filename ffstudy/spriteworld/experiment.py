@@ -4,11 +4,14 @@ For each N in ``sizes``: write N SpriteWorld examples, train an FFGo LoRA on the
 (``ffstudy.train``; N = 0 means no LoRA, trigger phrase only), then generate from held-out composites and measure,
 after dropping the transition frames:
 
-- entity retention: the final frame shows the scene (it is closer to the plate than to the collage) and every
-  referenced sprite is identifiable in it — a model that merely animates the collage keeps the cut-outs visible
-  but does not retain them *in the scene*;
+- entity retention: the final frame shows the scene (at least ``SCENE_DB`` against the clean plate, sprites left
+  out) and every referenced sprite is found in it as an object, with its shape and size — a model that merely
+  animates the collage keeps the cut-outs visible but does not retain them *in the scene*;
 - background fidelity: PSNR of the final frame against the plate, over pixels no sprite colour claims;
-- transition cleanliness: the first kept frame is closer to the plate than to the composite (no collage residue).
+- transition cleanliness: the first kept frame is the scene already (no collage residue).
+
+``controls`` measures the same on the held-out clips themselves and their VAE round trips (should pass), and on
+decoded N(0, 1) latents and the composite held still (should fail), so every row has its reference.
 
 The LoRAs train with the config's ``entity_loss_weight`` (ffstudy's entity-weighted loss); with ``compare_plain``
 each N is also trained with FFGo's plain loss, a one-variable comparison on the same examples and seeds.
@@ -37,28 +40,34 @@ from ..lora import load_lora
 from ..models import default_device, get_backbone, load_pipeline
 from ..train import TrainConfig, latest_checkpoint, train_expert
 from .fewshot import FEWSHOT_SEED0, HELDOUT_SEED0, write_fewshot_dataset
-from .metrics import colour_mask, entity_persistence, psnr
+from .metrics import INF_DB, colour_mask, psnr, sprites_found
 from .world import WorldConfig, generate_clip
 
 
-def measure(video, clip, composite_image) -> dict:
-    """Retention, background fidelity and cleanliness of one generated FFGo video (transition dropped)."""
-    plate = np.asarray(clip.background)
-    last = video.frames[-1]
-    sprite_pixels = np.zeros(last.shape[:2], bool)
+TRANSITION_FRAMES = 4  # generate()'s drop_first_frames: the frames out of the composite
+SCENE_DB = 20.0  # final frame against the clean plate, sprites left out: real clips ~40 dB, noise and collage < 16
+
+
+def scene_psnr(frame: np.ndarray, clip) -> float:
+    """PSNR of ``frame`` against ``clip``'s clean plate over the pixels no sprite colour claims (grown by 2 px, so
+    soft edges stay out): high for the scene with the sprites anywhere in it, low for noise or the collage."""
+    from scipy import ndimage
+
+    claimed = np.zeros(frame.shape[:2], bool)
     for sprite in clip.sprites:
-        sprite_pixels |= colour_mask(last, sprite.colour)
-    scene = ~sprite_pixels
-    composite = np.asarray(composite_image, np.float64)
+        claimed |= colour_mask(frame, sprite.colour)
+    scene = ~ndimage.binary_dilation(claimed, iterations=2)
+    return min(psnr(np.asarray(clip.background)[scene], frame[scene]), INF_DB) if scene.any() else 0.0
 
-    def in_scene(frame):
-        frame = frame.astype(np.float64)
-        return bool(np.mean((frame - plate) ** 2) < np.mean((frame - composite) ** 2))
 
-    present = entity_persistence(video.frames, clip.sprites)
-    return {"retention": present and in_scene(last), "present": present, "final_in_scene": in_scene(last),
-            "background_psnr": psnr(plate[scene], last[scene]) if scene.any() else 0.0,
-            "clean": in_scene(video.frames[0])}
+def measure(frames: np.ndarray, clip) -> dict:
+    """Retention, background fidelity and cleanliness of one FFGo video (transition dropped), against ``clip``, the
+    held-out clip whose cut-outs and plate made the composite: every sprite found as an object (shape and size of
+    the clip's last frame) in a final frame that is the scene, and a first kept frame that is the scene already."""
+    final_db = scene_psnr(frames[-1], clip)
+    kept = all(found is not None for found in sprites_found(frames, clip, -1, len(clip.frames) - 1))
+    return {"retention": kept and final_db >= SCENE_DB, "kept": kept, "final_in_scene": final_db >= SCENE_DB,
+            "background_psnr": final_db, "clean": scene_psnr(frames[0], clip) >= SCENE_DB}
 
 
 def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int | None = None,
@@ -154,7 +163,7 @@ def measure_clip(pipe, clip, inference_steps: int, world: WorldConfig, guidance_
     composite = compose_first_frame(clip.cutouts, clip.background)
     video = generate(pipe, composite, clip.caption, num_inference_steps=inference_steps, seed=clip.seed,
                      height=world.height, width=world.width, guidance_scale=guidance_scale, progress=False)
-    return measure(video, clip, fit_first_frame(composite, *video.frames.shape[1:3]).image)
+    return measure(video.frames, clip)
 
 
 def mean_scores(pipe, clips: list, inference_steps: int, world: WorldConfig,
@@ -162,6 +171,22 @@ def mean_scores(pipe, clips: list, inference_steps: int, world: WorldConfig,
     """Each of :func:`measure`'s scores averaged over the clips' composites: one row of the few-shot curve."""
     scores = [measure_clip(pipe, clip, inference_steps, world, guidance_scale) for clip in clips]
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+
+def control_scores(vae, clips: list, world: WorldConfig, drop: int = TRANSITION_FRAMES) -> dict[str, dict]:
+    """:func:`mean_scores`' row for each control on ``clips``: the clips themselves and their VAE round trips after
+    the transition (should pass), decoded N(0, 1) latents and the composite held still (should fail)."""
+    from .evaluate import decoded_noise, reconstruct
+
+    rows: dict[str, list] = {}
+    for clip in clips:
+        composite = fit_first_frame(compose_first_frame(clip.cutouts, clip.background), world.height, world.width)
+        videos = {"real clip": clip.frames, "VAE round trip": reconstruct(vae, clip.frames),
+                  "decoded N(0,1) latents": decoded_noise(vae, clip.frames, clip.seed),
+                  "composite held still": np.repeat(np.asarray(composite.image)[None], len(clip.frames), 0)}
+        for name, frames in videos.items():
+            rows.setdefault(name, []).append(measure(frames[drop:], clip))
+    return {name: {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} for name, scores in rows.items()}
 
 
 def ship_lora(results: dict, out: str | Path, n: int, destination: str | Path) -> Path:
