@@ -3,9 +3,10 @@
 The transformer trains on latents from the VAE stage's encoder, and the decoder stage after it leaves the encoder
 frozen, so the shipped VAE encodes exactly what ``pretrain`` feeds the transformer; the transformer starts from the
 same seeded weights (the script checks the text encoder, built just before it, against the shipped one). What it
-measures with the new transformer: persistence and motion on the model card's held-out seeds, and the few-shot
-experiment's N = 0 row (no LoRA, trigger phrase only) on its 40 tuning composites: how often the base model already
-cuts into the scene, which is what FFGo's LoRA has to teach.
+measures with the new transformer: the model card's generation measures on its held-out seeds (frame 0, scene,
+sharpness, sprites kept as objects, animated, directions), and the few-shot experiment's N = 0 row (no LoRA, trigger
+phrase only) on its tuning composites: how often the base model already cuts into the scene with every sprite, which
+is what FFGo's LoRA has to teach.
 
     .venv/bin/python benchmarks/transformer_stage.py --overrides '{"transformer_cut_probability": 0.03}'
 
@@ -110,10 +111,10 @@ def main() -> None:
     shipped.vae = pipe.vae
     pipe.set_progress_bar_config(disable=True)
     world, started = transformer_world(config, WorldConfig()), time.perf_counter()
-    clips = training_clips(config, world)
+    clips = training_clips(config, world, config.transformer_clips)
     timings, log = {"render_seconds": time.perf_counter() - started}, []
     transformer_stage(pipe, clips, config, log, timings)
-    record = {"overrides": overrides, "own_clips": world != WorldConfig(),
+    record = {"overrides": overrides, "own_clips": world != WorldConfig() or len(clips) != config.train_clips,
               "transformer_cut_clips": sum(c.cut_frame is not None for c in clips),
               **{key: round(seconds, 1) for key, seconds in timings.items()},
               "transformer_final_loss": final_loss(log, "transformer")}

@@ -5,7 +5,8 @@ transformer, the decoder stage, the few-shot experiment) would have to be retrai
 script answers the question that comes first — does the variant reach the card's VAE goals? — in one stage's
 time. It trains the VAE stage exactly as ``pretrain`` does with ``--overrides`` (same seeds, same initial weights
 for an unchanged architecture), optionally the decoder stage after it (``--decoder``), and measures PSNR over all,
-sprite and scene pixels on the card's first 20 held-out seeds and the round-trip persistence on its 40.
+sprite and scene pixels on the card's first 20 held-out seeds and the VAE round trips' control row (frame 0,
+scene, sharpness, sprites kept as objects) on its 40.
 
     .venv/bin/python benchmarks/vae_stage.py --overrides '{"vae_base_dim": 16}' --decoder --record FILE
 
@@ -25,7 +26,7 @@ import torch
 
 from ffstudy.io import write_json
 from ffstudy.models import load_pipeline
-from ffstudy.spriteworld.evaluate import reference_persistence, vae_psnr
+from ffstudy.spriteworld.evaluate import control_metrics, vae_psnr
 from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untrained, final_loss, finetune_decoder,
                                           training_clips, vae_stage)
 from ffstudy.spriteworld.world import WorldConfig
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 def measure(vae, videos: int) -> dict:
     seeds = range(EVAL_SEED0, EVAL_SEED0 + videos)
     pipe = SimpleNamespace(vae=vae)
-    return {"vae_psnr_db": vae_psnr(pipe, seeds[:20]), **reference_persistence(pipe, seeds)}
+    return {"vae_psnr_db": vae_psnr(pipe, seeds[:20]), "round_trip": control_metrics(pipe, seeds)["VAE round trip"]}
 
 
 def main() -> None:

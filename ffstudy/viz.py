@@ -158,3 +158,12 @@ def contact_sheet(rows: list[tuple[str, np.ndarray]], every: int = 4, gap: int =
         for c, t in enumerate(picks):
             sheet.paste(Image.fromarray(video[min(t, len(video) - 1)]), (label_width + c * (width + gap), y))
     return sheet
+
+
+def save_sheet(sheet: Image.Image, path) -> None:
+    """Write a contact sheet as a 256-colour PNG, atomically: about a quarter of the RGB file, close enough to
+    judge sprites, blur and noise by eye."""
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        sheet.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)

@@ -100,6 +100,13 @@ pipe.enable_lora()
 with_lora = generate(pipe, composite, caption, **settings)
 print(with_lora.prompt)
 print("frames kept:", with_lora.frames.shape, "| transition frames dropped:", len(with_lora.transition))
+if BACKBONE == "spriteworld":  # SpriteWorld has ground truth: is the last frame the scene, with every sprite in it?
+    from ffstudy.spriteworld.experiment import measure
+
+    for name, video in (("base model", without), ("FFGo LoRA", with_lora)):
+        scores = measure(video.frames, clip)
+        print(f"{name:>10}: final frame is the scene: {scores['final_in_scene']}, "
+              f"every sprite found in it as an object: {scores['retention']}")
 
 # %%
 # NBVAL_IGNORE_OUTPUT

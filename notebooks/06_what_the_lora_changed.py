@@ -51,6 +51,7 @@ from ffstudy import compose_first_frame, course, generate, load_pipeline, viz
 from ffstudy.cli import data_dir
 from ffstudy.lora import load_lora
 from ffstudy.probe import FirstFrameProbe
+from ffstudy.spriteworld.experiment import measure
 from ffstudy.spriteworld.fewshot import HELDOUT_SEED0
 from ffstudy.spriteworld.world import generate_clip
 
@@ -74,7 +75,7 @@ def slots(result):
 
 
 runs = {"base": [], "FFGo LoRA": []}
-videos = {}
+videos, retained = {}, {name: 0 for name in runs}
 for i in range(COMPOSITES):
     clip = generate_clip(HELDOUT_SEED0 + 10 + i, cut=False)
     composite = compose_first_frame(clip.cutouts, clip.background)
@@ -83,9 +84,12 @@ for i in range(COMPOSITES):
         with FirstFrameProbe(pipe, composite) as probe:
             video = generate(pipe, composite, clip.caption, num_inference_steps=STEPS, progress=False)
         runs[name].append(probe.result)
+        retained[name] += measure(video.frames, clip)["retention"]
         if i == 0:
             videos[name] = video
 
+print("composites whose last frame is the scene with every sprite in it:",
+      {name: f"{count} of {COMPOSITES}" for name, count in retained.items()})
 for name, results in runs.items():
     mean = {k: np.mean([slots(r)[k] for r in results], axis=0) for k in ("objects", "background", "white")}
     print(f"{name:>10}: " + "  ".join(f"{k} " + " ".join(f"{v:.3f}" for v in values) for k, values in mean.items()))

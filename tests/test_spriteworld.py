@@ -410,13 +410,18 @@ def test_the_pretraining_recipe_end_to_end_in_miniature(tmp_path):
     assert "with probability 10% for the VAE stages and 0% for the transformer" in text
     assert f"{evaluation['vae_psnr_sprites_db']:.2f} dB / {evaluation['vae_psnr_scene_db']:.2f} dB" in text
     assert set(evaluation["vae_palette"]) == set(COLOURS) and "| red | (225, 35, 35) |" in text
-    gen = evaluation["generation"]
-    assert f"{gen['persistence_real_clips']:.1%} / {gen['persistence_vae_round_trip']:.1%}" in text
-    assert gen["persistence_real_clips"] == 1.0  # seed 1,000,000's shrinking diamond included (test below)
-    assert (gen["guidance_scale"], evaluation["generation_cfg_6"]["guidance_scale"]) == (1.0, 6.0)
-    low, high = share_interval(gen["persistence"], gen["videos"])
-    assert f"CFG 1, shift 5) | {gen['persistence']:.1%} ({low:.0%}–{high:.0%}) |" in text
-    assert "when sampled with FFGo's CFG 6" in text
+    gen, controls = evaluation["generation"], evaluation["controls"]
+    assert gen["guidance_scale"] == 1.0 and gen["videos"] == 2
+    assert set(controls) == {"real clip", "VAE round trip", "decoded N(0,1) latents", "first frame held still"}
+    assert controls["real clip"]["kept"] == 1.0 and controls["decoded N(0,1) latents"]["kept"] == 0.0
+    low, high = share_interval(gen["kept"], gen["videos"])
+    kept_row = next(line for line in text.splitlines() if line.startswith("| every first-frame sprite found"))
+    assert f"| {gen['kept']:.1%} ({low:.0%}–{high:.0%}) | 100.0% (" in kept_row  # the model, then the real clips
+    assert kept_row.endswith(f"| ≥ 80%: {'met' if gen['kept'] >= 0.8 else '**missed**'} |")
+    assert f"| {gen['frame0_psnr']:.1f} dB |" in text and "(generated-sheet.png)" in text
+    from PIL import Image
+    sheet = Image.open(folder / "generated-sheet.png")
+    assert sheet.size[1] == 2 * 2 * (96 + 4)  # two held-out clips, real above generated
     assert set(evaluation["probe"]["per_block"]) == set(evaluation["probe"]["per_block_per_token"]) == {"0"}
 
 

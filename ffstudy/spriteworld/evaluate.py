@@ -123,14 +123,17 @@ def generate_from_first_frame(pipe, clip, seed: int, steps: int = 20, world: Wor
 
 
 def generation_metrics(pipe, seeds, steps: int = 20, world: WorldConfig = WorldConfig(),
-                       guidance_scale: float | None = None, flow_shift: float | None = None) -> dict:
+                       guidance_scale: float | None = None, flow_shift: float | None = None,
+                       videos: list | None = None) -> dict:
     """:func:`summarise` of videos generated from held-out first frames and captions (sampler: the backbone's
-    unless given)."""
+    unless given). ``videos``: a list that receives each (clip, generated frames, measures), to look at them."""
     rows = []
     for seed in seeds:
         clip = generate_clip(seed, world, cut=False)
         generated = generate_from_first_frame(pipe, clip, seed, steps, world, guidance_scale, flow_shift)
         rows.append(clip_fidelity(generated.frames, clip))
+        if videos is not None:
+            videos.append((clip, generated.frames, rows[-1]))
     return {**summarise(rows), "guidance_scale": generated.settings["guidance_scale"],
             "flow_shift": generated.settings["flow_shift"], "steps": steps}
 
@@ -174,12 +177,28 @@ def generation_seconds(pipe, world: WorldConfig = WorldConfig(), steps: int = 20
     return float(min(times))
 
 
-def evaluate(pipe, videos: int = EVALUATION_VIDEOS, probe_clips: int = 20) -> dict:
-    """Everything the model card reports."""
+SHEET_VIDEOS = 8  # held-out clips on the card's contact sheet
+
+
+def generation_sheet(generated: list):
+    """A contact sheet of (clip, generated frames, measures): each real clip above the video generated from its
+    first frame, every 4th frame, labelled with the figures the card quotes."""
+    from ..viz import contact_sheet
+
+    rows = []
+    for clip, frames, row in generated:
+        rows += [(f"seed {clip.seed}\nreal clip", clip.frames),
+                 (f"generated\nframe 0 {row['frame0_psnr']:.1f} dB\nscene {row['scene_psnr']:.1f} dB\n"
+                  f"kept: {'yes' if row['kept'] else 'no'}", frames)]
+    return contact_sheet(rows)
+
+
+def evaluate(pipe, videos: int = EVALUATION_VIDEOS, probe_clips: int = 20, generated: list | None = None) -> dict:
+    """Everything the model card reports (``generated``: a list that receives the generated videos)."""
     seeds = range(EVAL_SEED0, EVAL_SEED0 + videos)
     vae = vae_psnr(pipe, seeds[:20])
     return {"vae_psnr_db": vae["all"], "vae_psnr_sprites_db": vae["sprites"], "vae_psnr_scene_db": vae["scene"],
-            "vae_palette": palette_fidelity(pipe), "generation": generation_metrics(pipe, seeds),
+            "vae_palette": palette_fidelity(pipe), "generation": generation_metrics(pipe, seeds, videos=generated),
             "controls": control_metrics(pipe, seeds),
             "probe": probe_accuracy(pipe, seeds[:probe_clips]), "seconds_per_video_20_steps": generation_seconds(pipe),
             "eval_seeds": [seeds.start, seeds.stop - 1], "threads": torch.get_num_threads()}

@@ -73,9 +73,10 @@ def measure(frames: np.ndarray, clip) -> dict:
 def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int | None = None,
         inference_steps: int = 20, base: TrainConfig | None = None, world: WorldConfig = WorldConfig(),
         compare_plain: bool = False, first_heldout: int = HELDOUT_SEED0, resume: bool = False,
-        previous: dict | None = None) -> dict:
+        previous: dict | None = None, sheet: dict | None = None) -> dict:
     """``previous``: the results of the run that trained the LoRAs ``resume`` finds finished; their training
-    times are carried over from it (this run only loads them)."""
+    times are carried over from it (this run only loads them). ``sheet``: a dict that receives, for each N of
+    ``SHEET_SIZES`` (entity-weighted loss), the first ``SHEET_COMPOSITES`` videos, for :func:`experiment_sheet`."""
     out = Path(out)
     base = base or TrainConfig.from_file(Path(__file__).resolve().parents[2] / "configs" / "spriteworld-cpu.yaml")
     steps = steps or base.max_steps  # the course config's step count unless a run asks for another
@@ -84,6 +85,7 @@ def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int
                "guidance_scale": get_backbone("spriteworld").guidance_scale,
                "entity_loss_weight": base.entity_loss_weight, "device": device_name(), "runs": {}}
     clips = [generate_clip(first_heldout + i, world, cut=False) for i in range(heldout)]
+    results["controls"] = control_scores(load_pipeline("spriteworld", device="cpu").vae, clips, world)
     settings = {"runs": base.entity_loss_weight}
     if compare_plain and base.entity_loss_weight:
         settings["plain_loss_runs"] = 0.0
@@ -106,7 +108,10 @@ def run(out: str | Path, sizes=(0, 5, 10, 20, 50), heldout: int = 40, steps: int
             train_seconds = writing_seconds + time.perf_counter() - started
             if reused:
                 train_seconds = carried_train_seconds(previous, key, n, config.output_dir)
-            row = mean_scores(pipe, clips, inference_steps, world)
+            shown = [] if sheet is not None and key == "runs" and n in SHEET_SIZES else None
+            row = mean_scores(pipe, clips, inference_steps, world, videos=shown)
+            if shown is not None:
+                sheet[n] = shown[:SHEET_COMPOSITES]
             row.update(train_seconds=train_seconds, total_seconds=writing_seconds + time.perf_counter() - started)
             if reused:
                 row["lora_reused"] = True  # trained by the run ``previous`` records; total_seconds is this run's
@@ -157,20 +162,43 @@ def carried_train_seconds(previous: dict | None, key: str, n: int, folder: str) 
     return row["train_seconds"]
 
 
-def measure_clip(pipe, clip, inference_steps: int, world: WorldConfig, guidance_scale: float | None = None) -> dict:
+def measure_clip(pipe, clip, inference_steps: int, world: WorldConfig, guidance_scale: float | None = None,
+                 videos: list | None = None) -> dict:
     """Generate from the clip's composite at the training size (CFG: the backbone's unless given) and
-    :func:`measure` the video."""
+    :func:`measure` the video (``videos``: a list that receives the clip, the whole video and the measures)."""
     composite = compose_first_frame(clip.cutouts, clip.background)
     video = generate(pipe, composite, clip.caption, num_inference_steps=inference_steps, seed=clip.seed,
                      height=world.height, width=world.width, guidance_scale=guidance_scale, progress=False)
-    return measure(video.frames, clip)
+    scores = measure(video.frames, clip)
+    if videos is not None:
+        videos.append((clip, video.full, scores))
+    return scores
 
 
 def mean_scores(pipe, clips: list, inference_steps: int, world: WorldConfig,
-                guidance_scale: float | None = None) -> dict:
-    """Each of :func:`measure`'s scores averaged over the clips' composites: one row of the few-shot curve."""
-    scores = [measure_clip(pipe, clip, inference_steps, world, guidance_scale) for clip in clips]
+                guidance_scale: float | None = None, videos: list | None = None) -> dict:
+    """Each of :func:`measure`'s scores averaged over the clips' composites: one row of the few-shot curve
+    (``videos``: as :func:`measure_clip`'s, for every clip)."""
+    scores = [measure_clip(pipe, clip, inference_steps, world, guidance_scale, videos) for clip in clips]
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+
+SHEET_COMPOSITES, SHEET_SIZES = 4, (0, 5, 50)  # what the card's contact sheet shows
+
+
+def experiment_sheet(videos: dict[int, list]):
+    """A contact sheet of the first composites: each held-out clip, then what each N generated from its composite
+    (whole videos: frame 0 is the composite, the measures start after the 4 transition frames)."""
+    from ..viz import contact_sheet
+
+    rows = []
+    for i, (clip, _, _) in enumerate(next(iter(videos.values()))):
+        rows.append((f"seed {clip.seed}\nreal clip", clip.frames))
+        for n, generated in sorted(videos.items()):
+            _, frames, row = generated[i]
+            rows.append((f"N = {n}\nkept: {'yes' if row['kept'] else 'no'}\nscene {row['background_psnr']:.1f} dB",
+                         frames))
+    return contact_sheet(rows)
 
 
 def control_scores(vae, clips: list, world: WorldConfig, drop: int = TRANSITION_FRAMES) -> dict[str, dict]:
@@ -221,7 +249,7 @@ ffstudy.lora.load_lora(pipe, "data/models/spriteworld-ffgo-lora", "main")   # or
 Measured on {results['heldout_seeds'][1] - results['heldout_seeds'][0] + 1} held-out composites \
 (seeds {results['heldout_seeds'][0]}–{results['heldout_seeds'][1]}), {results['inference_steps']} steps, \
 CFG {results['guidance_scale']:g}, first 4 frames dropped: entity retention in the scene {run['retention']:.1%}, \
-sprites present anywhere {run['present']:.1%}, final frame is the scene {run['final_in_scene']:.1%}, \
+every sprite an object anywhere in the final frame {run['kept']:.1%}, final frame is the scene {run['final_in_scene']:.1%}, \
 background PSNR {run['background_psnr']:.1f} dB, clean transition {run['clean']:.1%}.{baseline}
 """
     with atomic_path(destination / "README.md") as tmp:
@@ -229,10 +257,17 @@ background PSNR {run['background_psnr']:.1f} dB, clean transition {run['clean']:
     return destination
 
 
+def sheet_path(results: str | Path) -> Path:
+    """Where the contact sheet of a results file goes: beside it, ``<name>-sheet.png``."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}-sheet.png")
+
+
 def main(argv=None) -> int:
     import argparse
 
     from ..io import write_json
+    from ..viz import save_sheet
 
     parser = argparse.ArgumentParser(prog="python -m ffstudy.spriteworld.experiment", description=__doc__)
     parser.add_argument("--out", default="outputs/spriteworld-experiment")
@@ -261,8 +296,11 @@ def main(argv=None) -> int:
         parser.error(f"--trained-by {args.trained_by}: " + ("no such results file" if args.resume else "needs --resume"))
     trained_by = Path(args.trained_by or args.results)
     previous = json.loads(trained_by.read_text()) if args.resume and trained_by.exists() else None
+    sheet: dict = {}
     results = run(args.out, sizes, args.heldout, args.steps, compare_plain=args.compare_plain,
-                  first_heldout=args.first_heldout, resume=args.resume, previous=previous)
+                  first_heldout=args.first_heldout, resume=args.resume, previous=previous, sheet=sheet)
+    if sheet:
+        save_sheet(experiment_sheet(sheet), sheet_path(args.results))
     write_json(args.results, results)
     if args.ship_lora is not None:
         print(f"shipped {ship_lora(results, args.out, args.ship_lora, args.lora_dir)}")

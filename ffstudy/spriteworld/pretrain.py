@@ -60,6 +60,9 @@ class PretrainConfig:
     text_dim: int = 64
     max_sequence_length: int = 128
     train_clips: int = 500  # first training seed is 10_000; held-out evaluation seeds start at 1_000_000
+    # the transformer's clips, the first ``transformer_clips`` training seeds (None: train_clips). The VAE stages
+    # always train on ``train_clips``, so the VAE does not change with the transformer's data
+    transformer_clips: int | None = None
     transformer_steps: int = 2500
     transformer_batch: int = 16
     transformer_lr: float = 5e-4
@@ -124,9 +127,11 @@ def build_untrained(config: PretrainConfig):
                                    image_processor=None)
 
 
-def training_clips(config: PretrainConfig, world: WorldConfig) -> list:
-    """The training clips, rendered once: both stages draw from them (rendering costs more than a VAE step)."""
-    return [generate_clip(TRAIN_SEED0 + i, world) for i in tqdm(range(config.train_clips), desc="rendering clips")]
+def training_clips(config: PretrainConfig, world: WorldConfig, count: int | None = None) -> list:
+    """The first ``count`` (default ``train_clips``) training clips, rendered once: each stage draws from them
+    (rendering costs more than a VAE step)."""
+    count = count or config.train_clips
+    return [generate_clip(TRAIN_SEED0 + i, world) for i in tqdm(range(count), desc="rendering clips")]
 
 
 def transformer_world(config: PretrainConfig, world: WorldConfig) -> WorldConfig:
@@ -341,9 +346,10 @@ def pretrain(config: PretrainConfig, out: str | Path, world: WorldConfig = World
         clips = training_clips(config, world)
         timings["render_seconds"] = time.perf_counter() - start
         transformer_clips, own_world = clips, transformer_world(config, world)
-        if own_world != world:  # the same seeds with the transformer's own share of cuts
+        count = config.transformer_clips or config.train_clips
+        if own_world != world or count != config.train_clips:  # the same seeds, its own share of cuts or number
             start = time.perf_counter()
-            transformer_clips = training_clips(config, own_world)
+            transformer_clips = training_clips(config, own_world, count)
             timings["transformer_render_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         vae_stage(pipe.vae, clips, config, log)
