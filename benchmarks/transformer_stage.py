@@ -75,6 +75,10 @@ def save_model(pipe, shipped: Path, out: str, record: dict, vae_record: dict | N
            + [r for r in old_log if r["stage"] == "decoder"])
     with atomic_dir(out) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
+        for config in staging.rglob("*.json"):  # diffusers records where the shipped parts were loaded from
+            values = json.loads(config.read_text())
+            if isinstance(values, dict) and values.pop("_name_or_path", None) is not None:
+                config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
         write_json(staging / "training.json", training)
         (staging / "training_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
 

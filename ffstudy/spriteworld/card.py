@@ -159,7 +159,8 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
 Videos generated from the first frame and caption of {gen['videos']} held-out clips ({gen['steps']} steps, CFG
 {gen['guidance_scale']:g}, shift {gen['flow_shift']:g}), measured against the real clips, next to the same measures on
 four controls: the real clips and their VAE round trips (a working model can reach them), VAE-decoded N(0, 1) latents
-and the first frame held still (what a broken model produces: every measure must tell them apart).
+and the first frame held still (what a broken model produces: noise fails every measure, the frozen frame fails
+"animated", since a sprite that never moves is often still whole in the last frame).
 
 {quality_table(e)}
 
@@ -192,10 +193,7 @@ because the background covers most of the frame and collects most of any evenly 
 |---|---|---|
 {rows}
 
-How these were measured: `ffstudy spriteworld evaluate` (`ffstudy/spriteworld/evaluate.py`); persistence and motion
-identify sprites by their ground-truth colours (scenes are muted, sprite colours saturated and distinct), within an
-RGB distance of {COLOUR_TOLERANCE:g}. In brackets after a share: its 95% Wilson score interval over the videos
-measured (`share_interval`), since one video of {gen['videos']} moves a share by {1 / gen['videos']:.1%}.
+How these were measured: `ffstudy spriteworld evaluate` (`ffstudy/spriteworld/evaluate.py`).
 
 ### What went wrong before
 

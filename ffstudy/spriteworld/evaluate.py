@@ -26,7 +26,7 @@ from .metrics import clip_fidelity, first_frame_entities, masked_psnr, psnr, ret
 from .pretrain import EVAL_SEED0
 from .world import COLOURS, DIRECTIONS, WorldConfig, generate_clip
 
-EVALUATION_VIDEOS = 120  # held-out clips the card generates from: at 40, one video moved persistence by 2.5 points
+EVALUATION_VIDEOS = 120  # held-out clips the card generates from: at 40, one video moves a share by 2.5 points
 
 
 @torch.no_grad()
@@ -53,7 +53,7 @@ def region_psnr(frames: np.ndarray, recon: np.ndarray, masks: np.ndarray) -> dic
 
 def palette_fidelity(pipe, world: WorldConfig = WorldConfig(), size: int = 24) -> dict:
     """Each sprite colour as a still ``size``² square on mid-grey, through the VAE: the decoded colour at its centre
-    and its RGB distance from the original (persistence needs it within ``COLOUR_TOLERANCE``)."""
+    and its RGB distance from the original (a sprite can be found only if it is within ``COLOUR_TOLERANCE``)."""
     result = {}
     y, x = (world.height - size) // 2, (world.width - size) // 2
     for name, colour in COLOURS.items():

@@ -5,7 +5,7 @@ The model is the Wan I2V architecture in miniature — ``AutoencoderKLWan`` (4×
 UMT5 text encoder with an offline BPE tokenizer — saved as a diffusers ``WanImageToVideoPipeline`` folder.
 The transformer is trained with the same flow-matching inputs as the FFGo LoRA (``ffstudy.train``), on plain
 image-to-video clips (a few with a hard scene cut: ``transformer_cut_probability``), with the loss on the latent
-cells a sprite covers weighted up: sprites are few cells, and persistence needs the transformer to carry them.
+cells a sprite covers weighted up: sprites are few cells, and keeping them whole needs the transformer to carry them.
 
     ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out data/models/spriteworld-i2v
 """
@@ -51,7 +51,7 @@ class PretrainConfig:
     decoder_clips: int = 100
     decoder_crop: int = 6  # latent pixels (48 image pixels), all 17 frames
     decoder_lr: float = 3e-4
-    decoder_sprite_weight: float = 0.0  # extra loss weight on sprite pixels: they are what persistence measures
+    decoder_sprite_weight: float = 0.0  # extra loss weight on sprite pixels: the hard part for the VAE
     # transformer
     layers: int = 6
     heads: int = 4
