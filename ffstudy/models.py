@@ -206,7 +206,7 @@ register_backbone(BackboneSpec(
     default_size=(96, 160), default_frames=17, spatial_factor=16, local_dir=str(SPRITEWORLD_DIR),
     max_sequence_length=128, requirements="the folder data/models/spriteworld-i2v of the ffstudy repository "
                                           "(rebuild it with `ffstudy spriteworld pretrain`)",
-    guidance_scale=1.0,  # measured: CFG 6 washes the sprites' colours out (see its model card)
+    guidance_scale=1.0,  # its transformer never trained CFG's unconditional branch (no caption dropout)
     sigma_schedule="diffusers"))  # what its model card's numbers were measured with
 
 

@@ -55,6 +55,7 @@ import numpy as np
 from ffstudy import compose_first_frame, course, generate, load_pipeline
 from ffstudy.cli import data_dir
 from ffstudy.lora import load_lora, target_module_count
+from ffstudy.spriteworld.experiment import measure
 from ffstudy.spriteworld.fewshot import HELDOUT_SEED0, write_fewshot_dataset
 from ffstudy.spriteworld.world import generate_clip
 from ffstudy.train import TrainConfig, expert_timestep_range, train_expert
@@ -159,6 +160,10 @@ print("ffstudy load_lora vs diffusers load_lora_weights: identical =", np.array_
 print("reloaded vs the training pipeline: largest pixel difference", levels(reloaded, trained), "of 255")
 print("with vs without the LoRA: largest pixel difference", levels(reloaded, base), "of 255")
 print(clip.caption)
+for name, video in (("base model", base), ("FFGo LoRA", trained)):  # SpriteWorld's ground truth says what happened
+    scores = measure(video.frames, clip)
+    print(f"{name:>10}: final frame is the scene: {scores['final_in_scene']}, "
+          f"every sprite found in it as an object: {scores['retention']}")
 
 # %%
 # NBVAL_IGNORE_OUTPUT

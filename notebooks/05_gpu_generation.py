@@ -88,8 +88,8 @@ print(caption)
 #
 # Same composite, same prompt (the trigger is prefixed automatically), same seed. `generate` uses the paper's
 # settings: UniPC with shift 5, CFG 6 for both experts, Wan's default negative prompt, the backbone's native clip.
-# SpriteWorld, the CPU stand-in, samples without CFG: CFG 6 washes its sprites' colours out (its model card measures
-# both).
+# SpriteWorld, the CPU stand-in, samples without CFG: its transformer never trained the unconditional branch that
+# CFG needs. On SpriteWorld the cell also prints what its ground truth can say about each video.
 # One pipeline serves both: diffusers switches the adapters off and on (on a 14B model, two pipelines would not fit).
 
 # %%

@@ -21,12 +21,12 @@ def test_the_model_folder_is_complete_and_small():
 
 
 def test_the_card_gives_each_goal_share_its_interval():
-    """Persistence and retention are shares of 40 to 120 videos: the card quotes them with their Wilson intervals."""
+    """Kept sprites and retention are shares of 40 to 120 videos: the card quotes them with their Wilson intervals."""
     from ffstudy.spriteworld.metrics import share_interval
 
     card = (SPRITEWORLD_DIR / "README.md").read_text()
     generation = json.loads((SPRITEWORLD_DIR / "evaluation.json").read_text())["generation"]
-    shares = [(generation["persistence"], generation["videos"])]
+    shares = [(generation["kept"], generation["videos"])]
     for name in ("experiment.json", "experiment-check.json"):
         results = json.loads((SPRITEWORLD_DIR / name).read_text())
         first, last = results["heldout_seeds"]
@@ -227,17 +227,18 @@ def test_the_check_pools_its_composites_with_the_experiments_and_points_to_what_
     def results(first, count, no_lora, weighted):
         row = dict(final_in_scene=1.0, background_psnr=15.0, clean=0.5)
         return {"heldout_seeds": [first, first + count - 1], "sizes": [0, 50], "entity_loss_weight": 19.0,
-                "guidance_scale": 1.0, "runs": {"0": {**row, "retention": no_lora},
-                                                "50": {**row, "retention": weighted}}}
+                "guidance_scale": 1.0, "runs": {"0": {**row, "retention": no_lora, "kept": no_lora},
+                                                "50": {**row, "retention": weighted, "kept": weighted}}}
 
     tuned, check = results(3_000_000, 40, 0.25, 0.975), results(3_000_040, 80, 0.375, 0.9625)
     assert pooled_retention(check, tuned) == ("\nPooled with the experiment's 40 composites (120 in all, weighted "
                                               "loss): N = 0 33.3% (26%–42%), N = 50 96.7% (92%–99%).\n")
     assert pooled_retention(results(3_000_039, 80, 0.375, 0.9625), tuned) == ""  # seed 3,000,039 is in both
     card = render_check(check, tuned)
-    assert "N = 0 retention ≤ 30%: **missed**" in card and "What was tried against a goal missed here" in card
+    assert "N = 0 retention ≤ 30%: **missed**" in card
+    assert "A goal missed here is discussed in the project README" in card
     met = render_check(results(3_000_040, 80, 0.25, 0.9625), tuned)
-    assert "**missed**" not in met and "What was tried" not in met and "N = 0 25.0% (18%–33%)" in met
+    assert "**missed**" not in met and "A goal missed here" not in met and "N = 0 25.0% (18%–33%)" in met
 
 
 def test_the_miniature_experiment_runs_end_to_end_and_ships_a_loadable_lora(tmp_path):

@@ -182,7 +182,9 @@ How a sprite is found (`ffstudy/spriteworld/metrics.py`, `find_sprite`): the con
 (within an RGB distance of {COLOUR_TOLERANCE:g} of the line from 55% to 100% of the colour) whose area is within
 {AREA_BAND[0]:g}–{AREA_BAND[1]:g}× the sprite's true area in that frame and whose shape overlaps the sprite's own
 shape with IoU ≥ {MIN_SHAPE_IOU:g} once their centres are aligned; scattered pixels of the right colour are not a
-sprite. In brackets after a share: its 95% Wilson score interval over the videos measured (`share_interval`).
+sprite. The shape test is lenient, though: a blob of a sprite's colour and area whose outline is close enough to the
+sprite's passes it, so fewer generated sprites are whole, by eye, than "found" says. Read the generated share as an
+upper bound, and look at the contact sheet. In brackets after a share: its 95% Wilson score interval over the videos measured (`share_interval`).
 
 Probe retrieval accuracy per block (teacher-forced: each held-out clip noised to σ ∈ {e['probe']['sigmas']} and
 denoised once with `FirstFrameProbe`; for later-frame tokens whose ground-truth sprite is k, the share whose largest
@@ -340,8 +342,8 @@ def render_check(check: dict, experiment: dict | None = None, sheet: str | None 
     goals = retention_goals({int(n): r for n, r in check["runs"].items()})
     verdict = f"\nGoals, measured here: {goals}.\n" if goals else ""
     if "missed" in goals:
-        verdict += ("\nWhat was tried against a goal missed here is in the project README (\"SpriteWorld: what the "
-                    "shipped model\ncan do\") and `benchmarks/README.md`.\n")
+        verdict += ("\nA goal missed here is discussed in the project README (\"SpriteWorld: what the shipped model "
+                    "can do\").\n")
     if experiment is not None:
         verdict += pooled_retention(check, experiment)
     plain = " --compare-plain" if "plain_loss_runs" in check else ""
