@@ -141,7 +141,7 @@ course.show_video(read_video(validation / "video.mp4")[0], title=validation.name
 # %%
 clip = generate_clip(HELDOUT_SEED0 + 1, cut=False)
 composite = compose_first_frame(clip.cutouts, clip.background)
-settings = dict(num_inference_steps=20, seed=0, progress=False)
+settings = dict(num_inference_steps=20, seed=0, height=96, width=160, progress=False)  # the examples' size
 trained = generate(result.pipe, composite, clip.caption, **settings)
 fresh = load_pipeline("spriteworld")
 base = generate(fresh, composite, clip.caption, **settings)
