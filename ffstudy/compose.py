@@ -5,7 +5,7 @@ put: a named box per pasted cut-out and for the background, and a pixel label ma
 :meth:`Composite.masks` derives per-entity masks on any grid (the pixel grid, or a transformer's token grid).
 The attention probes split first-frame attention by exactly these masks.
 
-``layout="ffgo"`` reproduces the official ``combine_materials.py`` (see ``shared/reference/ffgo-method.md`` §1):
+``layout="ffgo"`` reproduces the official ``combine_materials.py`` (``book/parity.md``, "The first frame"):
 background force-resized to 1280×720 whatever the canvas (bicubic, aspect not kept), then shrunk (never
 enlarged) into the right half with LANCZOS and centred; cut-outs cropped to their alpha bounding box,
 flattened over white with their alpha, shrunk (never enlarged) into equal slots of height ``H // n`` stacked

@@ -2,14 +2,14 @@
 
 An *example* is the entity cut-outs and background plate (or a ready composite), a caption and a target video.
 The training clip replaces the video's first ``F_c`` frames (the VAE's temporal stride, 4 for Wan) with the
-composite and prefixes the caption with the trigger (``shared/reference/ffgo-method.md`` §2.3). Clip length is
+composite and prefixes the caption with the trigger (``book/parity.md``, "The training data"). Clip length is
 ``"paper"`` (81 frames, what the paper states), ``"official"`` (21 frames, what the released training command
-effectively used, §4.4) or an explicit frame count. Clip geometry is ``"letterbox"`` (ffstudy's: the video is
-cover-cropped to the training size, the composite keeps its aspect ratio between white bars) or ``"official"``
-(the official code's: every frame, composite copies included, squashed to 1280×720, then the whole clip
-cover-resized and centre-cropped, about 10 px per side at 768×1344). An example may also name per-frame entity
-masks (an ``.npz`` whose ``masks`` array is F×H×W, 0 = no entity): ffstudy's optional entity-weighted loss reads
-them; FFGo has none.
+effectively used; ``book/parity.md``, "Training") or an explicit frame count. Clip geometry is ``"letterbox"``
+(ffstudy's: the video is cover-cropped to the training size, the composite keeps its aspect ratio between white
+bars) or ``"official"`` (the official code's: every frame, composite copies included, squashed to 1280×720, then
+the whole clip cover-resized and centre-cropped, about 10 px per side at 768×1344). An example may also name
+per-frame entity masks (an ``.npz`` whose ``masks`` array is F×H×W, 0 = no entity): ffstudy's optional
+entity-weighted loss reads them; FFGo has none.
 
 The manifest is JSON with paths relative to its own folder::
 

@@ -1,6 +1,6 @@
 """FFGo generation: composite first frame + trigger-prefixed prompt → video, transition frames dropped.
 
-Defaults are the paper's (``shared/reference/ffgo-method.md`` §5, §10.4): UniPC flow sampler with shift 5,
+Defaults are the paper's (``book/parity.md``, "Sampling"): UniPC flow sampler with shift 5,
 50 steps, CFG 6.0 for both experts, expert boundary 0.9, Wan's default negative prompt, 81 frames, seed 42,
 the first 4 pixel frames (the transition out of the composite) dropped, mp4 at 16 fps.
 

@@ -1,9 +1,9 @@
 """Attention probes: how later-frame tokens retrieve first-frame entities, exactly and in bounded memory.
 
-In Wan I2V the only route from first-frame content to later frames is full 3D self-attention (``attn1``;
-``shared/reference/ffgo-method.md`` §7). :class:`FirstFrameProbe` swaps in attention processors (diffusers'
-processor API) that compute exactly what the stock ``WanAttnProcessor`` computes — the model output stays
-bit-identical — and, for the conditional CFG branch, also record for every query token of latent frames ≥ 1:
+In Wan I2V the only route from first-frame content to later frames is full 3D self-attention (``attn1``).
+:class:`FirstFrameProbe` swaps in attention processors (diffusers' processor API) that compute exactly what the
+stock ``WanAttnProcessor`` computes — the model output stays bit-identical — and, for the conditional CFG branch,
+also record for every query token of latent frames ≥ 1:
 
 - the softmax mass it puts on latent frame 0, split by the composite's entities (cut-outs, background, white);
 - reverse maps: how strongly each first-frame token is read by each later frame.

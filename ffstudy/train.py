@@ -1,6 +1,6 @@
 """Few-shot FFGo LoRA training on accelerate: read it top to bottom in :func:`train_expert`.
 
-Recipe (``shared/reference/ffgo-method.md`` §4, §10): peft LoRA on attn1/attn2 q,k,v,o, both FFN linears and
+Recipe (``book/parity.md``, "Training"): peft LoRA on attn1/attn2 q,k,v,o, both FFN linears and
 ``condition_embedder.time_proj``; flow-matching velocity loss with FFGo's outlier mask (|err| ≤ 50); uniform
 timestep indices on the shift-5 schedule, split at the 0.9 boundary between Wan2.2's experts (high:
 ``transformer``, low: ``transformer_2``, one independent run each); AdamW lr 1e-4, wd 3e-2, eps 1e-10; grad-norm
