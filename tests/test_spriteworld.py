@@ -8,7 +8,6 @@ from ffstudy.spriteworld import COLOURS, WorldConfig, generate_clip
 from ffstudy.spriteworld.metrics import (clip_fidelity, colour_mask, find_sprite, first_frame_entities, masked_psnr,
                                          psnr, retrieval_accuracy, shape_iou, share_interval, sprite_motions,
                                          sprite_template, sprites_found, sprites_kept, token_labels)
-from ffstudy.spriteworld.world import SpriteSpec, sprite_sizes
 
 
 def test_world_is_deterministic_by_seed():

@@ -184,7 +184,8 @@ How a sprite is found (`ffstudy/spriteworld/metrics.py`, `find_sprite`): the con
 shape with IoU ≥ {MIN_SHAPE_IOU:g} once their centres are aligned; scattered pixels of the right colour are not a
 sprite. The shape test is lenient, though: a blob of a sprite's colour and area whose outline is close enough to the
 sprite's passes it, so fewer generated sprites are whole, by eye, than "found" says. Read the generated share as an
-upper bound, and look at the contact sheet. In brackets after a share: its 95% Wilson score interval over the videos measured (`share_interval`).
+upper bound, and look at the contact sheet. In brackets after a share: its 95% Wilson score interval over the
+videos measured (`share_interval`).
 
 Probe retrieval accuracy per block (teacher-forced: each held-out clip noised to σ ∈ {e['probe']['sigmas']} and
 denoised once with `FirstFrameProbe`; for later-frame tokens whose ground-truth sprite is k, the share whose largest

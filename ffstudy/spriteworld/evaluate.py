@@ -24,7 +24,7 @@ from ..probe import FirstFrameProbe
 from ..train import sample_flow_inputs
 from .metrics import clip_fidelity, first_frame_entities, masked_psnr, psnr, retrieval_accuracy
 from .pretrain import EVAL_SEED0
-from .world import COLOURS, DIRECTIONS, WorldConfig, generate_clip
+from .world import COLOURS, WorldConfig, generate_clip
 
 EVALUATION_VIDEOS = 120  # held-out clips the card generates from: at 40, one video moves a share by 2.5 points
 
@@ -71,8 +71,8 @@ FRAME0_GOAL_DB = 25.0  # generated frame 0 against the conditioning frame (VAE r
 
 @torch.no_grad()
 def decoded_noise(vae, frames: np.ndarray, seed: int) -> np.ndarray:
-    """N(0, 1) normalised latents of ``frames``' shape (4x8x8 compression) through the decoder: what a model that learnt nothing
-    generates, and the control every measure must fail."""
+    """N(0, 1) normalised latents of ``frames``' shape (4x8x8 compression) through the decoder: what a model that
+    learnt nothing generates, and the control every measure must fail."""
     t, h, w = frames.shape[:3]
     scale = vae.spatial_compression_ratio
     z = torch.randn((1, vae.config.z_dim, (t - 1) // 4 + 1, h // scale, w // scale),

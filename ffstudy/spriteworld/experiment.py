@@ -40,7 +40,7 @@ from ..lora import load_lora
 from ..models import default_device, get_backbone, load_pipeline
 from ..train import TrainConfig, latest_checkpoint, train_expert
 from .fewshot import FEWSHOT_SEED0, HELDOUT_SEED0, write_fewshot_dataset
-from .metrics import INF_DB, colour_mask, psnr, sprites_found
+from .metrics import INF_DB, colour_mask, psnr, sprites_kept
 from .world import WorldConfig, generate_clip
 
 
@@ -65,7 +65,7 @@ def measure(frames: np.ndarray, clip) -> dict:
     held-out clip whose cut-outs and plate made the composite: every sprite found as an object (shape and size of
     the clip's last frame) in a final frame that is the scene, and a first kept frame that is the scene already."""
     final_db = scene_psnr(frames[-1], clip)
-    kept = all(found is not None for found in sprites_found(frames, clip, -1, len(clip.frames) - 1))
+    kept = sprites_kept(frames, clip)
     return {"retention": kept and final_db >= SCENE_DB, "kept": kept, "final_in_scene": final_db >= SCENE_DB,
             "background_psnr": final_db, "clean": scene_psnr(frames[0], clip) >= SCENE_DB}
 
@@ -179,7 +179,11 @@ def mean_scores(pipe, clips: list, inference_steps: int, world: WorldConfig,
                 guidance_scale: float | None = None, videos: list | None = None) -> dict:
     """Each of :func:`measure`'s scores averaged over the clips' composites: one row of the few-shot curve
     (``videos``: as :func:`measure_clip`'s, for every clip)."""
-    scores = [measure_clip(pipe, clip, inference_steps, world, guidance_scale, videos) for clip in clips]
+    return _means([measure_clip(pipe, clip, inference_steps, world, guidance_scale, videos) for clip in clips])
+
+
+def _means(scores: list[dict]) -> dict:
+    """Each of :func:`measure`'s scores averaged over videos (shares for the yes/no ones)."""
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
 
@@ -204,17 +208,17 @@ def experiment_sheet(videos: dict[int, list]):
 def control_scores(vae, clips: list, world: WorldConfig, drop: int = TRANSITION_FRAMES) -> dict[str, dict]:
     """:func:`mean_scores`' row for each control on ``clips``: the clips themselves and their VAE round trips after
     the transition (should pass), decoded N(0, 1) latents and the composite held still (should fail)."""
-    from .evaluate import decoded_noise, reconstruct
+    from .evaluate import control_videos
 
     rows: dict[str, list] = {}
     for clip in clips:
         composite = fit_first_frame(compose_first_frame(clip.cutouts, clip.background), world.height, world.width)
-        videos = {"real clip": clip.frames, "VAE round trip": reconstruct(vae, clip.frames),
-                  "decoded N(0,1) latents": decoded_noise(vae, clip.frames, clip.seed),
-                  "composite held still": np.repeat(np.asarray(composite.image)[None], len(clip.frames), 0)}
+        videos = control_videos(vae, clip, clip.seed)
+        del videos["first frame held still"]  # FFGo starts from the collage, so the collage is what is held still
+        videos["composite held still"] = np.repeat(np.asarray(composite.image)[None], len(clip.frames), 0)
         for name, frames in videos.items():
             rows.setdefault(name, []).append(measure(frames[drop:], clip))
-    return {name: {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} for name, scores in rows.items()}
+    return {name: _means(scores) for name, scores in rows.items()}
 
 
 def ship_lora(results: dict, out: str | Path, n: int, destination: str | Path) -> Path:
