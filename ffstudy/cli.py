@@ -320,12 +320,23 @@ def cmd_data(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from .train import main as train_main
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of ``ffstudy train`` and ``python -m ffstudy.train`` (one list for both)."""
+    parser.add_argument("--config", required=True, help="YAML file of TrainConfig settings (see configs/)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint (refused if another run's settings or data wrote it)")
+    parser.add_argument("--force-resume", action="store_true",
+                        help="continue from the latest checkpoint even if its settings or data differ")
+    parser.add_argument("--max-steps", type=POSITIVE, help="override max_steps")
+    parser.add_argument("--output-dir", help="override output_dir")
+    parser.add_argument("--manifest", help="override the dataset manifest")
+    return parser
 
-    return train_main(["--config", args.config] + (["--resume"] if args.resume else [])
-                      + (["--force-resume"] if args.force_resume else [])
-                      + (["--max-steps", str(args.max_steps)] if args.max_steps is not None else []))
+
+def cmd_train(args) -> int:
+    from .train import run
+
+    return run(args)
 
 
 def _check_shapes(state: dict, transformer) -> None:
@@ -487,13 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an FFGo LoRA from a YAML config (see configs/)",
                        description="Same as python -m ffstudy.train; for several processes use "
                                    "accelerate launch --multi_gpu --num_processes N -m ffstudy.train.")
-    p.add_argument("--config", required=True)
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint (refused if another run's settings or data wrote it)")
-    p.add_argument("--force-resume", action="store_true",
-                   help="continue from the latest checkpoint even if its settings or data differ")
-    p.add_argument("--max-steps", type=POSITIVE)
-    p.set_defaults(func=cmd_train)
+    add_train_arguments(p).set_defaults(func=cmd_train)
 
     p = sub.add_parser("lora", help="convert a LoRA between kohya/VideoX-Fun, ComfyUI and diffusers layouts")
     p.add_argument("input", help="a .safetensors LoRA in any supported layout")

@@ -25,6 +25,7 @@ import math
 import pickle
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import torch
 from .data import (CLIP_LENGTHS, FewShotDataset, LatentCache, check_dataset, clip_key, encode_clip, encoder_fingerprint,
                    latent_entity_mask)
 from .lora import FFGO_TARGET_MODULES, WEIGHT_NAMES, save_lora, target_module_count
-from .io import fsync_tree, write_json
+from .io import exclusive_output, fsync_tree, write_json
 from .models import default_device, get_backbone, load_pipeline, skeleton_transformer
 
 
@@ -515,14 +516,33 @@ def train_expert(config: TrainConfig, expert: str, resume: bool = False, keep_pi
     from the latest checkpoint if it belongs to this run (``force_resume``: even if not); without it the run
     starts over and replaces the folder's checkpoints."""
     from accelerate import Accelerator
-    from accelerate.utils import gather_object
-    from tqdm.auto import tqdm
 
     cuda = default_device().type == "cuda"
     precision = ("bf16" if cuda else "no") if config.mixed_precision == "auto" else config.mixed_precision
     accelerator = Accelerator(cpu=not cuda, mixed_precision=precision,
                               gradient_accumulation_steps=config.gradient_accumulation_steps)
     run_dir = Path(config.output_dir) / expert
+    # one run per folder: a second trainer into it is refused before it loads anything (the main process holds
+    # the lock for all of them), and what a killed run left half-written is removed under that lock
+    hold = exclusive_output(run_dir, argument="output_dir") if accelerator.is_main_process else nullcontext()
+    with hold:
+        if accelerator.is_main_process:
+            _remove_partial_checkpoints(run_dir)
+        return _train_expert(accelerator, config, expert, run_dir, resume, keep_pipeline, force_resume)
+
+
+def _remove_partial_checkpoints(run_dir: Path) -> None:
+    """Remove checkpoint folders a killed run left unfinished (never renamed into place, so never resumable)."""
+    for partial in sorted(run_dir.glob(".checkpoint-*.partial")):
+        print(f"removing {partial}: a checkpoint an interrupted run did not finish", flush=True)
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _train_expert(accelerator, config: TrainConfig, expert: str, run_dir: Path, resume: bool, keep_pipeline: bool,
+                  force_resume: bool) -> "TrainResult":
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
     check_targets_early(config)
     fingerprint = run_fingerprint(config, expert)
     checkpoint = pick_checkpoint(run_dir, fingerprint, expert, force_resume, accelerator.process_index) \
@@ -700,20 +720,18 @@ def train(config: TrainConfig, resume: bool = False, force_resume: bool = False)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ffstudy train", description="Train an FFGo LoRA from a YAML config.")
-    parser.add_argument("--config", required=True, help="YAML file of TrainConfig settings (see configs/)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the latest checkpoint (refused if another run's settings or data wrote it)")
-    parser.add_argument("--force-resume", action="store_true",
-                        help="continue from the latest checkpoint even if its settings or data differ")
-    parser.add_argument("--max-steps", type=int, help="override max_steps")
-    parser.add_argument("--output-dir", help="override output_dir")
-    parser.add_argument("--manifest", help="override the dataset manifest")
-    return parser
+    from .cli import add_train_arguments
+
+    return add_train_arguments(argparse.ArgumentParser(prog="ffstudy train",
+                                                       description="Train an FFGo LoRA from a YAML config."))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as the parsed command line asks (``ffstudy train`` and ``python -m ffstudy.train``)."""
     config = TrainConfig.from_file(args.config, max_steps=args.max_steps, output_dir=args.output_dir,
                                    manifest=args.manifest)
     try:

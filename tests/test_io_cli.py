@@ -88,3 +88,12 @@ def test_help_explains_each_command(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
     assert info.value.code == 0 and "usage: ffstudy" in capsys.readouterr().out
+
+
+def test_ffstudy_train_and_python_m_ffstudy_train_take_the_same_arguments():
+    from ffstudy.cli import build_parser
+    from ffstudy.train import build_parser as train_parser
+
+    argv = ["--config", "c.yaml", "--resume", "--max-steps", "3", "--output-dir", "o", "--manifest", "m.json"]
+    ours, theirs = vars(build_parser().parse_args(["train", *argv])), vars(train_parser().parse_args(argv))
+    assert {k: ours[k] for k in theirs} == theirs and theirs["output_dir"] == "o" and theirs["max_steps"] == 3

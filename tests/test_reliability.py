@@ -221,6 +221,25 @@ def test_a_second_writer_of_an_output_folder_is_refused_and_a_dead_ones_lock_tak
         pass
 
 
+def test_a_second_trainer_is_refused_and_a_killed_runs_partial_checkpoint_removed(tmp_path, finished_run):
+    """Two trainers into one run folder would interleave checkpoints and logs: while a live run holds it, a second
+    is refused before loading anything, the folder unchanged. A checkpoint a killed run never finished is removed
+    by the next run, which resumes from the last finished one."""
+    from ffstudy.io import OutputBusyError, exclusive_output
+
+    digest = tree_digest(finished_run)
+    with exclusive_output(finished_run):  # another live run holds the folder
+        with pytest.raises(OutputBusyError, match="being written by another ffstudy run"):
+            train_expert(train_config(tmp_path, max_steps=6), "high", resume=True)
+    assert tree_digest(finished_run) == digest
+    partial = finished_run / ".checkpoint-000006.partial"  # killed while writing its next checkpoint
+    partial.mkdir()
+    (partial / "rng-0.pt").write_bytes(b"half")
+    train_expert(train_config(tmp_path, max_steps=6), "high", resume=True)
+    assert not partial.exists() and not (finished_run / ".ffstudy.lock").exists()
+    assert logged_steps(finished_run) == [1, 2, 3, 4, 5, 6]
+
+
 # --------------------------------------------------------------------------------------------- 4./5. generate
 @pytest.fixture
 def no_sampling(tiny_pipe, monkeypatch):
