@@ -433,6 +433,13 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_download(args) -> int:
+    from .download import download
+
+    download(args.name, args.to, dry_run=args.dry_run)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffstudy", description="FFGo: compose a first frame of references, "
                                      "generate a video from it, and look inside the model.")
@@ -533,6 +540,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the registered backbones")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("download", help="download real weights (Wan models, the official FFGo LoRAs): sizes first",
+                       description="Lists the files and their sizes, refuses when the disk cannot hold them, then "
+                                   "downloads. Names: wan2.2-i2v-a14b, wan2.2-ti2v-5b, wan2.1-i2v-14b-480p, "
+                                   "ffgo-lora (the official LoRAs for Wan2.2-I2V-A14B).")
+    p.add_argument("name", help="what to download: a backbone name or ffgo-lora")
+    p.add_argument("--to", required=True, help="the folder to download into (load it with path=...)")
+    p.add_argument("--dry-run", action="store_true", help="print the files, sizes and free space; fetch nothing")
+    p.set_defaults(func=cmd_download)
     return parser
 
 

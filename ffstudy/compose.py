@@ -14,6 +14,7 @@ on the left, first item on top.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -223,6 +224,13 @@ def _prepare_cutout(image: Image.Image, argument: str, crop_to_alpha: bool) -> t
     return flat, alpha
 
 
+def _source_name(source, argument: str) -> str:
+    """How messages name a cut-out: its file where it has one (a path, or an image opened from or named after a
+    file), else the argument that gave it."""
+    file = source if isinstance(source, (str, os.PathLike)) else getattr(source, "filename", "")
+    return str(file) if file else argument
+
+
 def _slots(layout: str, n: int, area: Box) -> list[Box]:
     if layout == "grid":
         cols = math.ceil(math.sqrt(n))
@@ -277,8 +285,9 @@ def compose_first_frame(
     if len(set(names)) != len(names) or {BACKGROUND, FILLER} & set(names):
         raise ValueError(f"foreground names must be unique and not {BACKGROUND!r}/{FILLER!r}: {names}")
 
-    cutouts = [_prepare_cutout(load_image(src, argument=f"foregrounds[{i}]"), f"foregrounds[{i}]", crop_to_alpha)
-               for i, src in enumerate(sources)]
+    keys = [repr(n) for n in names] if isinstance(foregrounds, Mapping) else range(len(sources))
+    cutouts = [_prepare_cutout(load_image(src, argument=f"foregrounds[{key}]"), _source_name(src, f"foregrounds[{key}]"),
+                               crop_to_alpha) for key, src in zip(keys, sources)]
     plate = load_image(background, argument="background").convert("RGB")
 
     half = width // 2

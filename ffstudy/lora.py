@@ -279,6 +279,49 @@ def load_ffgo_lora(pipe, high: str | Path, low: str | Path | None = None, adapte
         load_lora(pipe, low, "low", adapter_name, expected_modules=target_module_count(pipe.transformer_2))
 
 
+def _official_file(folder: Path, expert: str) -> Path:
+    found = sorted(folder.glob(f"*14b{expert}*/checkpoint-600.safetensors"))
+    if len(found) != 1:
+        raise ValueError(f"FFGO_LORA_DIR {folder}: expected one */checkpoint-600.safetensors of the 14b{expert} run, "
+                         f"found {len(found)}; download it with `ffstudy download ffgo-lora --to {folder}`")
+    return found[0]
+
+
+def attach_lora(pipe, lora: str | Path | None, official_dir: str | Path | None = None) -> str:
+    """Load one of the LoRAs a generation can use and say which, in words. ``lora``: ``None`` (the base model),
+    ``"official"`` (the official FFGo pair for Wan2.2-I2V-A14B, from ``official_dir`` as ``ffstudy download
+    ffgo-lora`` lays it out), a folder ffstudy's trainer wrote (its ``main`` LoRA, or ``high``/``low`` for two
+    experts; also a folder holding the weight file itself) or a LoRA file of any supported layout."""
+    if lora is None:
+        return "no LoRA: the base model"
+    two_experts = getattr(pipe, "transformer_2", None) is not None
+    if lora == "official":
+        if not two_experts:
+            raise ValueError("LORA='official': the official FFGo LoRAs are for Wan2.2-I2V-A14B's two experts and this "
+                             "backbone has one; train your own (chapter 4) or use LORA=None for the base model")
+        if official_dir is None:
+            raise ValueError("LORA='official' needs FFGO_LORA_DIR, the folder of `ffstudy download ffgo-lora --to "
+                             "FOLDER`")
+        high, low = (_official_file(Path(official_dir), e) for e in ("High", "Low"))
+        load_ffgo_lora(pipe, high, low)
+        return f"the official FFGo LoRA ({high.parent.name}: High -> transformer, Low -> transformer_2)"
+    path = Path(lora)
+    experts = ("high", "low") if two_experts else ("main",)
+    if path.is_file():
+        load_lora(pipe, path, experts[0])
+        return f"the LoRA file {path} ({experts[0]} expert)"
+    if not path.is_dir():
+        raise ValueError(f"LORA={str(lora)!r}: no such file or folder; give a LoRA file, a folder ffstudy's trainer "
+                         "wrote, 'official' (Wan2.2-I2V-A14B) or None")
+    found = {e: folder for e in experts for folder in (path, path / e) if (folder / WEIGHT_NAMES[e]).is_file()}
+    if not found:
+        raise ValueError(f"LORA={str(lora)!r}: the folder holds no {' or '.join(WEIGHT_NAMES[e] for e in experts)} "
+                         f"(in it or in {'/'.join(experts)}/ below it) for this {len(experts)}-expert backbone")
+    for expert, folder in found.items():
+        load_lora(pipe, folder, expert)
+    return f"your LoRA from {path} ({', '.join(found)})"
+
+
 def save_lora(transformer, directory: str | Path, expert: str = "main", adapter_name: str = "default",
               state_dict: dict | None = None) -> Path:
     """Save ``transformer``'s peft adapter in diffusers format with its adapter metadata, atomically.

@@ -161,8 +161,9 @@ def _build_tiny(family: str, seed: int = 0):
                                    **parts)
 
 
-_WAN_DOWNLOAD = ("huggingface-cli download {repo} --local-dir <folder>, then load_pipeline('{name}', path='<folder>') "
-                 "or set FFSTUDY_MODEL_DIR=<parent folder>")
+_WAN_DOWNLOAD = ("`ffstudy download {name} --to <folder>` (it prints the sizes first), then "
+                 "load_pipeline('{name}', path='<folder>') or set FFSTUDY_MODEL_DIR=<parent folder>; or "
+                 "load_pipeline('{name}', download=True) to fetch {repo} into the Hugging Face cache")
 
 for _name, _family, _desc in (
     ("tiny-wan2.2-i2v", "wan2.2-i2v", "Wan2.2-I2V-A14B architecture in miniature: two experts, boundary_ratio 0.9"),
@@ -224,20 +225,23 @@ def _resolve_local(spec: BackboneSpec, path: str | os.PathLike | None) -> str | 
     return None
 
 
-def _from_pretrained(spec: BackboneSpec, source: str, dtype: torch.dtype):
+def _from_pretrained(spec: BackboneSpec, source: str, dtype: torch.dtype, download: bool = False):
     from diffusers import AutoencoderKLWan, WanImageToVideoPipeline
 
     local = Path(source).exists()
+    fetch = {} if local else {"local_files_only": not download}  # a hub id: the cache only, unless asked
     if not local and spec.repo_id is None:
         raise ModelNotAvailableError(f"backbone {spec.name!r}: folder {source} not found; it needs "
                                      f"{spec.requirements or 'a diffusers pipeline folder'}")
     try:
         # Wan's VAE is numerically fragile in bf16; the reference implementations keep it in fp32.
-        vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
-        pipe = WanImageToVideoPipeline.from_pretrained(source, vae=vae, torch_dtype=dtype)
+        vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32, **fetch)
+        pipe = WanImageToVideoPipeline.from_pretrained(source, vae=vae, torch_dtype=dtype, **fetch)
     except (OSError, ValueError) as error:  # missing files, offline hub, gated repo, partial download
         how = _WAN_DOWNLOAD.format(repo=spec.repo_id, name=spec.name) if spec.repo_id else "check the folder"
-        offline = " (HF_HUB_OFFLINE is set, so nothing was downloaded)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        offline = (" (HF_HUB_OFFLINE is set, so nothing was downloaded)" if os.environ.get("HF_HUB_OFFLINE") else
+                   " (not in the Hugging Face cache; nothing is downloaded unless asked)" if fetch.get("local_files_only")
+                   else "")
         raise ModelNotAvailableError(
             f"could not load backbone {spec.name!r} from {source}{offline}: {type(error).__name__}: {error}\n"
             f"To use it, download the weights ({spec.requirements or 'see the model card'}): {how}") from error
@@ -251,7 +255,7 @@ def default_device() -> torch.device:
 
 def load_pipeline(name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                   offload: str | None = None, vae_tiling: bool = False, path: str | os.PathLike | None = None,
-                  sigma_schedule: str | None = None):
+                  sigma_schedule: str | None = None, download: bool = False):
     """Build or load backbone ``name`` as a ``WanImageToVideoPipeline`` with FFGo's sampler.
 
     ``device``: where to put it (default: CUDA when available, else CPU). ``dtype``: float32 for tiny models,
@@ -259,7 +263,8 @@ def load_pipeline(name: str, device: str | torch.device | None = None, dtype: to
     the way to fit the 14B experts on an 80 GB card. ``vae_tiling``: decode in tiles to save memory at 720p.
     ``path``: a local diffusers folder to load instead of the hub repo. ``sigma_schedule``: ``"official"`` (the
     official FFGo scripts' sigmas, the default for Wan backbones) or ``"diffusers"`` (diffusers' default grid);
-    default: the backbone's.
+    default: the backbone's. ``download``: fetch a hub model that is not in the Hugging Face cache (tens of GB;
+    by default nothing is downloaded: see ``ffstudy download``, which checks sizes and disk space first).
     """
     if offload not in (None, "model", "sequential"):
         raise ValueError(f"offload={offload!r}: use None, 'model' or 'sequential'")
@@ -272,7 +277,7 @@ def load_pipeline(name: str, device: str | torch.device | None = None, dtype: to
             pipe.to(dtype=dtype)
     else:
         default = torch.float32 if spec.repo_id is None else torch.bfloat16  # local small models run in fp32
-        pipe = _from_pretrained(spec, _resolve_local(spec, path) or spec.repo_id, dtype or default)
+        pipe = _from_pretrained(spec, _resolve_local(spec, path) or spec.repo_id, dtype or default, download)
     pipe.scheduler = ffgo_scheduler(pipe.scheduler.config, spec.flow_shift, sigma_schedule or spec.sigma_schedule)
     if vae_tiling:
         pipe.vae.enable_tiling()
@@ -287,6 +292,40 @@ def load_pipeline(name: str, device: str | torch.device | None = None, dtype: to
         pipe.to(device)
     pipe.ffstudy_backbone = spec  # lets generate/probe read the token geometry without guessing
     return pipe
+
+
+# Settings per GPU memory (GiB at least -> height, width, frames, offload, vae_tiling). Estimates from the weights'
+# sizes (bf16: 28 GB per 14B expert, 10 GB for the 5B transformer, 11 GB for umT5-XXL) and the activations of the
+# tokens at each size, not measurements: a GPU run that measures them replaces them here.
+_GPU_SETTINGS = {
+    "wan2.2-i2v": [(130, 720, 1280, 81, None, False), (75, 720, 1280, 81, "model", True),
+                   (38, 480, 832, 81, "model", True)],
+    "wan2.2-ti2v": [(40, 704, 1280, 81, None, True), (20, 704, 1280, 81, "model", True),
+                    (14, 480, 832, 49, "sequential", True)],
+    "wan2.1-i2v": [(75, 480, 832, 81, None, False), (38, 480, 832, 81, "model", True),
+                   (20, 480, 832, 49, "sequential", True)],
+}
+
+
+def suggested_settings(name: str, memory_gib: float | None = None) -> dict:
+    """Size, frames, offload and VAE tiling for backbone ``name`` on a GPU of ``memory_gib`` (default: this
+    machine's first CUDA device; without one, the backbone's CPU defaults). Estimates, labelled ``estimate``."""
+    spec = get_backbone(name)
+    height, width = spec.default_size
+    cpu = {"height": height, "width": width, "num_frames": spec.default_frames, "offload": None,
+           "vae_tiling": False, "estimate": False}
+    if spec.family not in _GPU_SETTINGS:
+        return cpu
+    if memory_gib is None:
+        if not torch.cuda.is_available():
+            return cpu
+        memory_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    for least, h, w, frames, offload, tiling in _GPU_SETTINGS[spec.family]:
+        if memory_gib >= least:
+            return {"height": h, "width": w, "num_frames": frames, "offload": offload, "vae_tiling": tiling,
+                    "estimate": True}
+    raise ValueError(f"{name} on a {memory_gib:.0f} GiB GPU is not practical (it needs at least "
+                     f"{_GPU_SETTINGS[spec.family][-1][0]} GiB with offload); use wan2.2-ti2v-5b or a larger GPU")
 
 
 def skeleton_transformer(name: str):

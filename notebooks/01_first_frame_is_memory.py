@@ -28,15 +28,19 @@
 # - see what happens at a hard scene cut: the sprites come back, read from frame 0.
 
 # %%
-# On Colab: install ffstudy (with its data and the SpriteWorld model) from the repository.
+# On Colab: fetch the course and set it up in this running kernel, no restart needed (`colab_setup.py` says
+# how); anywhere else this cell does nothing.
 import os
 import subprocess
 import sys
 
-if "google.colab" in sys.modules and not os.path.exists("/content/ffstudy"):
-    subprocess.run(["git", "clone", "-q", "https://github.com/ffstudy/ffstudy", "/content/ffstudy"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/ffstudy[notebooks]"], check=True)
-    os.chdir("/content/ffstudy/notebooks")
+if "google.colab" in sys.modules:
+    COURSE = "/content/ffstudy-course"  # not /content/ffstudy: on Colab's path, that folder would shadow the package
+    if not os.path.isdir(COURSE):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "https://github.com/ffstudy/ffstudy", COURSE],
+                       check=True)
+    SETUP = os.path.join(COURSE, "colab_setup.py")
+    exec(compile(open(SETUP).read(), SETUP, "exec"), {"__file__": SETUP})
 
 # %% tags=["parameters"]
 BACKBONE = "spriteworld"   # "wan2.2-i2v-a14b" on a GPU runtime (see chapter 5 for weights and memory)

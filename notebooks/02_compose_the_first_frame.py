@@ -29,15 +29,19 @@
 # - pick references interactively with a widget, or with one function call in a script.
 
 # %%
-# On Colab: install ffstudy (with its data) from the repository.
+# On Colab: fetch the course and set it up in this running kernel, no restart needed (`colab_setup.py` says
+# how); anywhere else this cell does nothing.
 import os
 import subprocess
 import sys
 
-if "google.colab" in sys.modules and not os.path.exists("/content/ffstudy"):
-    subprocess.run(["git", "clone", "-q", "https://github.com/ffstudy/ffstudy", "/content/ffstudy"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/ffstudy[notebooks]"], check=True)
-    os.chdir("/content/ffstudy/notebooks")
+if "google.colab" in sys.modules:
+    COURSE = "/content/ffstudy-course"  # not /content/ffstudy: on Colab's path, that folder would shadow the package
+    if not os.path.isdir(COURSE):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "https://github.com/ffstudy/ffstudy", COURSE],
+                       check=True)
+    SETUP = os.path.join(COURSE, "colab_setup.py")
+    exec(compile(open(SETUP).read(), SETUP, "exec"), {"__file__": SETUP})
 
 # %% tags=["parameters"]
 CANVAS = (1280, 720)  # (width, height) of the FFGo canvas
@@ -135,9 +139,11 @@ for crop in (True, False):
 # %% [markdown]
 # ## A reference picker
 #
-# Tick cut-outs, type their order (top to bottom), choose a plate and a layout; the preview and `picker.composite`
-# follow. You can upload your own RGBA cut-outs (a cut-out without alpha is used as an opaque rectangle, with a
-# warning). Only core ipywidgets are used, so this renders in JupyterLab and in Colab.
+# Click cut-outs to choose them, order them with the arrow buttons (top to bottom), choose a plate and a layout;
+# the preview follows, and `picker.read()` returns the composite with its entity boxes and masks. You can upload
+# your own RGBA cut-outs (a cut-out without alpha is used as an opaque rectangle; the warning appears under the
+# preview). Only core ipywidgets are used, so this renders in JupyterLab and in Colab. If you see a still image
+# instead of buttons, the notebook is not trusted yet or the cell has not run: run it.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -148,16 +154,17 @@ picker
 # The widget is ordinary Python underneath: setting its values from code does what clicking does.
 
 # %%
-picker.order.value = "blue_ring, red_star"
+picker.move("blue_ring", -1)  # what its ↑ button does
 picker.layout.value = "grid"
-print([e.name for e in picker.composite.objects], picker.composite.layout)
+composite = picker.read()
+print([e.name for e in composite.objects], composite.layout)
 
 # %% [markdown]
 # In a script, or in CI, the same composite comes from one call:
 
 # %%
 same = compose_references(DATA, ["blue_ring", "red_star"], "meadow", layout="grid")
-print("identical to the picker's:", bool(np.array_equal(np.asarray(same.image), np.asarray(picker.composite.image))))
+print("identical to the picker's:", bool(np.array_equal(np.asarray(same.image), np.asarray(composite.image))))
 same.save("outputs/chapter2")
 print(sorted(p.name for p in Path("outputs/chapter2").iterdir()))
 

@@ -26,22 +26,27 @@
 # - choose a GPU and memory settings for Wan2.2-I2V-A14B or TI2V-5B.
 
 # %%
-# On Colab: install ffstudy (with its data and the SpriteWorld model) from the repository.
+# On Colab: fetch the course and set it up in this running kernel, no restart needed (`colab_setup.py` says
+# how); anywhere else this cell does nothing.
 import os
 import subprocess
 import sys
 
-if "google.colab" in sys.modules and not os.path.exists("/content/ffstudy"):
-    subprocess.run(["git", "clone", "-q", "https://github.com/ffstudy/ffstudy", "/content/ffstudy"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/ffstudy[notebooks]"], check=True)
-    os.chdir("/content/ffstudy/notebooks")
+if "google.colab" in sys.modules:
+    COURSE = "/content/ffstudy-course"  # not /content/ffstudy: on Colab's path, that folder would shadow the package
+    if not os.path.isdir(COURSE):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "https://github.com/ffstudy/ffstudy", COURSE],
+                       check=True)
+    SETUP = os.path.join(COURSE, "colab_setup.py")
+    exec(compile(open(SETUP).read(), SETUP, "exec"), {"__file__": SETUP})
 
 # %% tags=["parameters"]
-BACKBONE = "spriteworld"   # on a GPU: "wan2.2-i2v-a14b" (the paper's) or "wan2.2-ti2v-5b"
-MODEL_PATH = None          # local diffusers folder of the Wan weights (never downloaded for you)
-FFGO_LORA_HIGH = None      # official file .../10_..._14bHigh_.../checkpoint-600.safetensors -> transformer
-FFGO_LORA_LOW = None       # official file .../10_..._14bLow_.../checkpoint-600.safetensors  -> transformer_2
-OFFLOAD = None             # "model" for A14B on an 80 GB GPU
+BACKBONE = "spriteworld"   # on a GPU: "wan2.2-ti2v-5b" (L4/A100-40), "wan2.2-i2v-a14b" (the paper's: 80 GB and up)
+MODEL_PATH = None          # the folder of `ffstudy download BACKBONE --to FOLDER` (None: the Hugging Face cache)
+LORA = "../data/models/spriteworld-ffgo-lora"  # "official" (A14B only), your trainer's folder (chapter 4), or None
+FFGO_LORA_DIR = None       # for LORA = "official": the folder of `ffstudy download ffgo-lora --to FOLDER`
+HEIGHT = WIDTH = FRAMES = None  # None: suggested for this GPU's memory (printed below)
+OFFLOAD = VAE_TILING = None     # None: suggested as well; OFFLOAD "model" or "sequential"
 STEPS = 20                 # the paper uses 50
 SEED = 42
 
@@ -51,33 +56,47 @@ import numpy as np
 
 from ffstudy import compose_first_frame, course, generate, load_pipeline
 from ffstudy.cli import data_dir
-from ffstudy.lora import load_ffgo_lora, load_lora
+from ffstudy.lora import attach_lora
+from ffstudy.models import suggested_settings
 from ffstudy.spriteworld.fewshot import HELDOUT_SEED0
 from ffstudy.spriteworld.world import generate_clip
 
 device = course.setup()
-print("device:", device, "| backbone:", BACKBONE)
+suggested = suggested_settings(BACKBONE)
+size = dict(height=HEIGHT or suggested["height"], width=WIDTH or suggested["width"],
+            num_frames=FRAMES or suggested["num_frames"])
+offload = OFFLOAD if OFFLOAD is not None else suggested["offload"]
+tiling = VAE_TILING if VAE_TILING is not None else suggested["vae_tiling"]
+print("device:", device, "| backbone:", BACKBONE, "|", size, "| offload:", offload, "| VAE tiling:", tiling,
+      "(suggested for this GPU, an estimate)" if suggested["estimate"] else "")
 
 # %% [markdown]
 # ## The backbone and the LoRA
 #
-# SpriteWorld's FFGo LoRA ships in `data/models/spriteworld-ffgo-lora` (chapter 4's config with its entity-weighted
-# loss, 1,200 steps on 50 examples). For Wan2.2-I2V-A14B, the official FFGo checkpoints are kohya-style files from VideoX-Fun;
-# `load_ffgo_lora` converts their keys on load, folds alpha/rank, checks all 401 modules are there, and — careful —
-# puts the **High** file into diffusers' `transformer` and the **Low** file into `transformer_2` (VideoX-Fun names
-# the experts the other way round).
+# Three routes, chosen by `LORA`:
+# - **your own LoRA**, from chapter 4's trainer on any backbone (a folder; SpriteWorld's ships in
+#   `data/models/spriteworld-ffgo-lora`: chapter 4's config with its entity-weighted loss, 1,200 steps on 50
+#   examples);
+# - **the official FFGo LoRAs** (`"official"`), for Wan2.2-I2V-A14B only: kohya-style files from VideoX-Fun, one
+#   per expert. `ffstudy download ffgo-lora --to FOLDER` fetches the two `checkpoint-600.safetensors` files (about
+#   2 × 1.2 GB, from the hub repository `Video-Customization/FFGO-Lora-Adapter`); `attach_lora` converts their keys,
+#   folds alpha/rank, checks all 401 modules are there and — careful — puts the **High** file into diffusers'
+#   `transformer` and the **Low** file into `transformer_2` (VideoX-Fun names the experts the other way round).
+#   There is no official LoRA for TI2V-5B;
+# - **no LoRA** (`None`): the base model, which shows what FFGo adds.
+#
+# The backbone's weights are never downloaded by loading: `ffstudy download wan2.2-ti2v-5b --to FOLDER` lists the
+# files and sizes (about 34 GB for TI2V-5B, 126 GB for A14B: see `ffstudy download NAME --to FOLDER --dry-run`),
+# checks the disk and downloads; then set `MODEL_PATH = FOLDER`.
 
 # %%
-pipe = load_pipeline(BACKBONE, path=MODEL_PATH, offload=OFFLOAD)
+pipe = load_pipeline(BACKBONE, path=MODEL_PATH, offload=offload, vae_tiling=tiling)
+print(attach_lora(pipe, LORA, FFGO_LORA_DIR))
 if BACKBONE == "spriteworld":
-    load_lora(pipe, data_dir() / "models/spriteworld-ffgo-lora", "main")
     clip = generate_clip(HELDOUT_SEED0 + 2, cut=False)
     composite = compose_first_frame(clip.cutouts, clip.background)
     caption = clip.caption
 else:
-    if FFGO_LORA_HIGH is None:
-        raise ValueError("set FFGO_LORA_HIGH (and FFGO_LORA_LOW) to the official FFGo LoRA files")
-    load_ffgo_lora(pipe, FFGO_LORA_HIGH, FFGO_LORA_LOW)
     composite = compose_first_frame([data_dir() / "references/red_star.png", data_dir() / "references/blue_ring.png"],
                                     data_dir() / "backgrounds/meadow.png")
     caption = "a red star and a blue ring bounce across a green meadow under a blue sky"
@@ -93,12 +112,12 @@ print(caption)
 # One pipeline serves both: diffusers switches the adapters off and on (on a 14B model, two pipelines would not fit).
 
 # %%
-settings = dict(num_inference_steps=STEPS, seed=SEED, progress=False)
-if BACKBONE == "spriteworld":  # the size its LoRA was trained at, so the video lines up with the clip's ground truth
-    settings.update(height=96, width=160)
-pipe.disable_lora()
+settings = dict(num_inference_steps=STEPS, seed=SEED, progress=BACKBONE != "spriteworld", **size)
+if LORA is not None:
+    pipe.disable_lora()
 without = generate(pipe, composite, caption, **settings)
-pipe.enable_lora()
+if LORA is not None:
+    pipe.enable_lora()
 with_lora = generate(pipe, composite, caption, **settings)
 print(with_lora.prompt)
 print("frames kept:", with_lora.frames.shape, "| transition frames dropped:", len(with_lora.transition))
@@ -137,8 +156,10 @@ print("mean |frame - composite| over frames 0-7, FFGo LoRA:", [round(distance(f,
 # %% [markdown]
 # ## Memory on real GPUs
 #
-# Estimates from parameter counts (bf16 weights; the text encoder umT5-XXL is 11 GB, each 14B expert 28 GB, the 5B
-# transformer 10 GB), not measurements from this project's CI, which has no GPU:
+# Estimates from the weights' sizes (bf16; the text encoder umT5-XXL is 11 GB, each 14B expert 28 GB, the 5B
+# transformer 10 GB), not yet measured on a GPU; `suggested_settings` above picks from them by your GPU's memory.
+# For time, the progress bar on a GPU shows the seconds per step and the time left after the first steps: the
+# paper's 50 steps with CFG are 100 transformer passes per video.
 #
 # | GPU | Wan2.2-I2V-A14B (the paper's) | Wan2.2-TI2V-5B |
 # |---|---|---|

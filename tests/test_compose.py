@@ -152,10 +152,15 @@ def test_bad_inputs_name_the_argument(tmp_path, cutout, plate):
         compose_first_frame([cutout], plate, layout="diagonal")
 
 
-def test_cutout_without_alpha_is_opaque_with_warning(plate):
+def test_cutout_without_alpha_is_opaque_with_warning(plate, tmp_path):
     photo = Image.new("RGB", (100, 50), (0, 0, 255))
     with pytest.warns(UserWarning, match=r"foregrounds\[0\] has no alpha channel"):
         comp = compose_first_frame([photo], plate)
     box = comp.objects[0].box
     assert (box.width, box.height) == (100, 50)
     assert np.all(comp.labels[box.y0:box.y1, box.x0:box.x1] == 1)
+    with pytest.warns(UserWarning, match=r"foregrounds\['photo'\] has no alpha channel"):
+        compose_first_frame({"photo": photo}, plate)
+    photo.save(tmp_path / "photo.jpg")
+    with pytest.warns(UserWarning, match=r"^\S*photo.jpg has no alpha channel"):  # the file, not its place
+        compose_first_frame({"photo": tmp_path / "photo.jpg"}, plate)

@@ -385,3 +385,35 @@ def test_cli_writes_the_official_layout(pipe, tmp_path, capsys):
     for original, path in ffgo_modules(pipe.transformer).items():  # alpha/rank folded: same update
         delta = merged[path] - pipe.transformer.get_submodule(path).weight
         assert torch.allclose(wan.get_submodule(original).weight, delta, rtol=2e-2, atol=2e-3), original
+
+
+def test_attach_lora_offers_each_route_and_names_what_it_loaded(tmp_path):
+    """Chapter 5's routes: the base model, a folder the trainer wrote (expert subfolders), a LoRA file, and the
+    official pair — refused on a one-expert backbone and without its folder, named when a file is missing. Fresh
+    pipelines: attaching changes them."""
+    import torch
+    from ffstudy.lora import WEIGHT_NAMES, attach_lora, save_lora
+    from ffstudy.train import TrainConfig, add_ffgo_lora
+
+    one = load_pipeline("tiny-wan2.2-ti2v")
+    assert attach_lora(one, None) == "no LoRA: the base model"
+    trained = load_pipeline("tiny-wan2.2-ti2v")
+    add_ffgo_lora(trained.transformer, TrainConfig(manifest="unused.json", rank=4, alpha=4))
+    for p in trained.transformer.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.01)
+    save_lora(trained.transformer, tmp_path / "run" / "main", "main")
+    assert attach_lora(one, tmp_path / "run") == f"your LoRA from {tmp_path / 'run'} (main)"
+    assert attach_lora(load_pipeline("tiny-wan2.2-ti2v"), tmp_path / "run" / "main" / WEIGHT_NAMES["main"]).startswith(
+        "the LoRA file")
+    with pytest.raises(ValueError, match="this backbone has one"):
+        attach_lora(load_pipeline("tiny-wan2.2-ti2v"), "official", tmp_path)
+    two = load_pipeline("tiny-wan2.2-i2v")
+    with pytest.raises(ValueError, match="needs FFGO_LORA_DIR"):
+        attach_lora(two, "official")
+    with pytest.raises(ValueError, match="found 0; download it with `ffstudy download ffgo-lora"):
+        attach_lora(two, "official", tmp_path)
+    with pytest.raises(ValueError, match="holds no high_noise_lora.safetensors or low_noise_lora.safetensors"):
+        attach_lora(two, tmp_path / "run")
+    with pytest.raises(ValueError, match="no such file or folder"):
+        attach_lora(two, tmp_path / "nowhere")

@@ -30,7 +30,28 @@ def test_real_backbones_fail_offline_with_download_instructions(name):
     with pytest.raises(ModelNotAvailableError) as info:
         load_pipeline(name)
     message = str(info.value)
-    assert spec.repo_id in message and "huggingface-cli download" in message and "HF_HUB_OFFLINE" in message
+    assert spec.repo_id in message and f"ffstudy download {name}" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_a_hub_model_is_never_downloaded_unasked(monkeypatch):
+    """With HF_HUB_OFFLINE unset (Colab), loading a hub id reads the Hugging Face cache only; download=True asks
+    the hub. Recorded at diffusers' from_pretrained, so nothing is fetched either way."""
+    from diffusers import AutoencoderKLWan
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    seen = []
+
+    def record(source, **kwargs):
+        seen.append(kwargs.get("local_files_only"))
+        raise OSError("not in the cache")
+
+    monkeypatch.setattr(AutoencoderKLWan, "from_pretrained", record)
+    with pytest.raises(ModelNotAvailableError, match="nothing is downloaded unless asked") as info:
+        load_pipeline("wan2.2-ti2v-5b")
+    assert "ffstudy download wan2.2-ti2v-5b" in str(info.value)
+    with pytest.raises(ModelNotAvailableError):
+        load_pipeline("wan2.2-ti2v-5b", download=True)
+    assert seen == [True, False]
 
 
 def test_real_loading_code_loads_a_local_folder_of_the_same_architecture(tmp_path, tiny_pipe, cutout, plate):
@@ -146,3 +167,17 @@ def test_saved_pipelines_are_standard_diffusers_folders(tmp_path, tiny_pipe):
     loaded.scheduler.set_timesteps(50)
     assert round(loaded.scheduler.sigmas[0].item(), 6) == 0.9998  # the official grid
     assert loaded.scheduler.timesteps[:5].tolist() == [999, 995, 991, 987, 982]
+
+
+def test_suggested_settings_follow_gpu_memory_and_are_labelled_estimates():
+    from ffstudy.models import suggested_settings
+
+    assert suggested_settings("wan2.2-i2v-a14b", 141) == {"height": 720, "width": 1280, "num_frames": 81,
+                                                          "offload": None, "vae_tiling": False, "estimate": True}
+    assert suggested_settings("wan2.2-i2v-a14b", 80)["offload"] == "model"
+    assert suggested_settings("wan2.2-ti2v-5b", 24)["offload"] == "model"
+    assert suggested_settings("wan2.2-ti2v-5b", 15)["offload"] == "sequential"
+    with pytest.raises(ValueError, match="not practical"):
+        suggested_settings("wan2.2-i2v-a14b", 16)
+    sprite = suggested_settings("spriteworld", 80)
+    assert (sprite["height"], sprite["width"], sprite["num_frames"], sprite["estimate"]) == (96, 160, 17, False)
