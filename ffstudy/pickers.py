@@ -196,6 +196,7 @@ class ReferencePicker:
         for name, toggle in self.toggles.items():
             if toggle.value != (name in self.chosen):
                 toggle.value = name in self.chosen  # its observer sees no change to make
+            toggle.button_style, toggle.icon = ("success", "check") if name in self.chosen else ("", "")
         w, rows = self._w, []
         for i, name in enumerate(self.chosen):
             up, down = w.Button(description="↑", layout=w.Layout(width="36px")), \

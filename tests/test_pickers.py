@@ -23,6 +23,7 @@ def test_picker_widgets_drive_the_composite():
     down.click()
     assert picker.chosen == ["blue_ring", "red_star"]
     assert [e.name for e in picker.read().objects] == ["blue_ring", "red_star"]
+    assert picker.toggles["red_star"].button_style == "success" and picker.toggles["striped_box"].button_style == ""
     picker.toggles["striped_box"].value = True  # clicking a thumbnail's button adds it at the bottom
     assert [e.name for e in picker.read().objects] == ["blue_ring", "red_star", "striped_box"]
     picker.layout.value = "swapped"
