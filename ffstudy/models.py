@@ -328,6 +328,31 @@ def suggested_settings(name: str, memory_gib: float | None = None) -> dict:
                      f"{_GPU_SETTINGS[spec.family][-1][0]} GiB with offload); use wan2.2-ti2v-5b or a larger GPU")
 
 
+# Dense bf16 tensor throughput in TFLOP/s from the vendors' data sheets (T4: fp16), matched by name.
+_PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "L4": 121, "A10": 125, "T4": 65}
+ESTIMATE_EFFICIENCY = 0.4  # the share of that peak a large attention model sustains: an assumption, not a measurement
+
+
+def estimate_seconds(name: str, height: int, width: int, num_frames: int, steps: int = 50, cfg: bool = True,
+                     gpu: str | None = None) -> float | None:
+    """A rough time for one video: the transformer's FLOPs per pass (2 x parameters x tokens for the linear layers,
+    4 x layers x tokens² x width for attention) x passes (steps, twice with CFG), at ``ESTIMATE_EFFICIENCY`` of the
+    GPU's peak. ``gpu``: its name (default: this machine's CUDA device). None when the GPU or layout is unknown.
+    An estimate to plan with, not a measurement; the progress bar measures."""
+    spec = get_backbone(name)
+    if gpu is None and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+    peak = next((v for k, v in _PEAK_TFLOPS.items() if gpu and k in gpu.upper().replace("NVIDIA", "")), None)
+    if peak is None or spec.transformer_config is None:
+        return None
+    config = spec.transformer_config
+    parameters = sum(p.numel() for p in skeleton_transformer(name).parameters())
+    tokens = ((num_frames - 1) // 4 + 1) * (height // spec.spatial_factor) * (width // spec.spatial_factor)
+    width_ = config["num_attention_heads"] * config["attention_head_dim"]
+    flops = 2 * parameters * tokens + 4 * config["num_layers"] * tokens**2 * width_
+    return flops * steps * (2 if cfg else 1) / (peak * 1e12 * ESTIMATE_EFFICIENCY)
+
+
 def skeleton_transformer(name: str):
     """A backbone's transformer with its real layout and no weights (meta tensors): enough to name its modules,
     count LoRA targets and convert LoRA files without downloading anything."""

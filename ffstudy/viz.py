@@ -11,6 +11,10 @@ _PALETTE = [(228, 26, 28), (55, 126, 184), (255, 127, 0), (152, 78, 163), (166, 
 _BACKGROUND_COLOUR, _FILLER_COLOUR = (77, 175, 74), (175, 175, 175)
 
 
+# the widest figure, in inches: at matplotlib's inline 100 dpi it stays within 1,200 px, which the course
+# website's ~700 px column shows at more than half size (tests/test_notebooks.py checks the stored figures)
+MAX_FIGURE_INCHES = 12.0
+
 def entity_colours(names: list[str]) -> dict[str, tuple[int, int, int]]:
     """A stable colour per entity: objects from a qualitative palette, background green, white filler grey."""
     colours, objects = {}, iter(_PALETTE)
@@ -70,7 +74,7 @@ def plot_retrieval_overview(result, **selection):
     """Retrieval curves over frames, blocks and denoising steps side by side."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(MAX_FIGURE_INCHES, 3.6))
     for ax, over in zip(axes, ("frame", "block", "step")):
         plot_retrieval_curves(result, over, ax=ax, **selection)
     fig.tight_layout()
@@ -102,7 +106,8 @@ def plot_who_retrieves_what(result, video: np.ndarray, frames=None, **selection)
     import matplotlib.pyplot as plt
 
     frames = list(frames or range(1, result.num_frames))
-    fig, axes = plt.subplots(1, len(frames), figsize=(3 * len(frames), 2.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(frames), figsize=(min(3 * len(frames), MAX_FIGURE_INCHES), 2.6),
+                             squeeze=False)
     for ax, frame in zip(axes[0], frames):
         ax.imshow(who_retrieves_what_overlay(result, frame, video, **selection))
         ax.set_title(f"latent frame {frame}", fontsize=9)
@@ -119,7 +124,8 @@ def plot_reverse_maps(result, first_frame, frames=None, **selection):
 
     image = first_frame.image if isinstance(first_frame, Composite) else first_frame
     frames = list(frames or range(1, result.num_frames))
-    fig, axes = plt.subplots(1, len(frames), figsize=(3.2 * len(frames), 2.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(frames), figsize=(min(3.2 * len(frames), MAX_FIGURE_INCHES), 2.6),
+                             squeeze=False)
     for ax, frame in zip(axes[0], frames):
         heat = result.reverse_map(frame, **selection)
         ax.imshow(image)

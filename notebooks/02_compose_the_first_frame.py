@@ -22,6 +22,8 @@
 # the background plate on the right. This chapter builds that canvas exactly as the official code does, and keeps
 # what the probes need: *where* every entity went.
 #
+# **Prerequisites.** Chapter 1's idea (the first frame is read by later frames); PIL images and RGBA transparency.
+#
 # **Goals.** By the end of this chapter you can
 # - compose an FFGo first frame from cut-outs and a plate, and explain each step of the official recipe;
 # - read its entity geometry: named boxes, and per-entity masks on any grid, including the model's token grid;
@@ -103,7 +105,7 @@ total = sum(masks.values())
 print({name: round(float(m.sum()), 1) for name, m in masks.items()}, "tokens")
 print("every cell sums to one:", bool(np.allclose(total, 1.0)))
 
-fig, axes = plt.subplots(1, len(masks), figsize=(4 * len(masks), 2.4))
+fig, axes = plt.subplots(1, len(masks), figsize=(min(4 * len(masks), 12), 2.4))
 for ax, (name, mask) in zip(axes, masks.items()):
     ax.imshow(mask, vmin=0, vmax=1, cmap="viridis")
     ax.set_title(name)
@@ -119,7 +121,7 @@ plt.show()
 
 # %%
 refs = [DATA / f"references/{n}.png" for n in ("red_star", "blue_ring", "striped_box")]
-fig, axes = plt.subplots(1, 3, figsize=(15, 3))
+fig, axes = plt.subplots(1, 3, figsize=(12, 2.4))
 for ax, layout in zip(axes, ("ffgo", "grid", "swapped")):
     viz.draw_entity_boxes(compose_first_frame(refs + refs[:1], DATA / "backgrounds/night_city.png", layout=layout), ax)
     ax.set_title(layout)
@@ -142,11 +144,11 @@ for crop in (True, False):
 # Click cut-outs to choose them, order them with the arrow buttons (top to bottom), choose a plate and a layout;
 # the preview follows, and `picker.read()` returns the composite with its entity boxes and masks. You can upload
 # your own RGBA cut-outs (a cut-out without alpha is used as an opaque rectangle; the warning appears under the
-# preview). Only core ipywidgets are used, so this renders in JupyterLab and in Colab. If you see a still image
-# instead of buttons, the notebook is not trusted yet or the cell has not run: run it.
+# preview). Only core ipywidgets are used, so this renders in JupyterLab and in Colab. On the course website, or
+# before the cell has run in a freshly opened notebook, you see a still image of the preview instead: run the cell
+# in JupyterLab or Colab to get the buttons.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 picker = ReferencePicker(DATA, cutouts=["red_star", "blue_ring"], background="meadow")
 picker
 
@@ -169,12 +171,40 @@ same.save("outputs/chapter2")
 print(sorted(p.name for p in Path("outputs/chapter2").iterdir()))
 
 # %% [markdown]
+# ## Summary
+#
+# - FFGo's first frame is a white 1280×720 canvas: cut-outs stacked on the left half, each in an equal slot, and the
+#   background plate squashed to 16:9 and centred in the right half.
+# - The composite carries its geometry: named boxes, a label map, and per-entity masks on any grid, including the
+#   model's token grid.
+# - Cropping cut-outs to their alpha box is what makes ffstudy's composites match the ones the official LoRAs were
+#   trained on; the official script does not crop.
+#
+# ## Questionnaire
+#
+# 1. Why does a fourth or fifth cut-out hurt identity, in pixels and in tokens?
+# 2. What does `force_background_aspect` reproduce, and when would you turn it off?
+# 3. Why is a cut-out without transparency a problem for the masks, and what does ffstudy do with one?
+#
 # ## Exercises
 #
 # 1. Compose five references. How tall is each slot, and how large does each cut-out end up? The paper reports
 #    that identity degrades past four objects plus a scene — relate that to the pixels each object gets.
-# 2. Turn off `force_background_aspect` with the 4:3 `night_city` plate. Where does the plate land now? Which of
-#    the released test composites does this resemble?
+#    <details><summary>Hint</summary>List the same reference several times under different names, then read
+#    `comp.objects[i].box`.</details>
+# 2. Turn off `force_background_aspect` with the 4:3 `night_city` plate. Where does the plate land now, and how many
+#    of its pixels does the default squash lose or add?
+#    <details><summary>Hint</summary>Compare `comp.box("background")` for both settings with the plate's own size
+#    (`PIL.Image.open(...).size`).</details>
 # 3. Compute, from `comp.token_masks(480, 832)`, how many tokens the star gets at Wan2.1's 480p. Is that enough
 #    to carry a face?
+#    <details><summary>Hint</summary>Sum the star's mask; a face at that size is a few tokens across.</details>
 # 4. Upload a photo without transparency in the picker. What does the warning say, and what do the masks show?
+#    <details><summary>Hint</summary>The warning appears under the preview; then
+#    `picker.read().masks(90, 160)` for the photo's mask.</details>
+#
+# ## Further reading
+#
+# - The FFGo paper, section 4 (the composite) and its project page, [firstframego.github.io](https://firstframego.github.io)
+# - The book's page *The FFGo method* ([parity](../parity.md)), "The first frame"
+# - [ipywidgets](https://ipywidgets.readthedocs.io), for the picker

@@ -22,6 +22,8 @@
 # background plate, composed the FFGo canvas, wrote a caption — and then replaced the video's first four frames with
 # that canvas. This chapter builds such a dataset from SpriteWorld, where every cut-out and plate is exact.
 #
+# **Prerequisites.** Chapter 2 (the composite and its entity geometry); what a latent video is (see the [glossary](../glossary.md): latent frames and the VAE's 4× temporal packing).
+#
 # **Goals.** By the end of this chapter you can
 # - write a few-shot dataset (manifest + files) and load it back;
 # - build the training clip exactly as FFGo does: frames 0–3 replaced by the composite, caption behind the trigger;
@@ -79,7 +81,7 @@ print(json.dumps(json.loads(manifest.read_text())["examples"][0], indent=1))
 example = dataset[0]
 print(example.caption)
 images = [plt.imread(dataset.path(c)) for c in example.cutouts] + [plt.imread(dataset.path(example.background))]
-fig, axes = plt.subplots(1, len(images), figsize=(3 * len(images), 2.2))
+fig, axes = plt.subplots(1, len(images), figsize=(min(3 * len(images), 12), 2.2))
 for ax, image, title in zip(axes, images, [f"cut-out {i}" for i in range(len(example.cutouts))] + ["plate"]):
     ax.imshow(image)
     ax.set_title(title)
@@ -98,7 +100,7 @@ clip = dataset.training_clip(example, height=96, width=160, clip_length=17)
 print(clip.prompt)
 print("frames:", clip.frames.shape, "| frames 0-3 equal the composite:",
       all(np.array_equal(clip.frames[i], np.asarray(clip.first_frame.image)) for i in range(4)))
-fig, axes = plt.subplots(1, 8, figsize=(20, 1.8))
+fig, axes = plt.subplots(1, 8, figsize=(12, 1.4))
 for ax, t in zip(axes, range(0, 16, 2)):
     ax.imshow(clip.frames[t])
     ax.set_title(f"frame {t}")
@@ -123,7 +125,7 @@ cells = latent_entity_mask(masks)[0, 0].numpy()
 print("pixel masks:", masks.shape, "| latent cells:", cells.shape,
       f"| sprites cover {masks[4:].mean():.1%} of the real frames' pixels and touch {cells[1:].mean():.1%} "
       "of their latent cells")
-fig, axes = plt.subplots(2, 4, figsize=(13, 3.6))
+fig, axes = plt.subplots(2, 4, figsize=(12, 3.3))
 for column, t in enumerate((0, 4, 8, 16)):
     axes[0, column].imshow(clip.frames[t])
     axes[0, column].imshow(np.ma.masked_where(~masks[t], masks[t]), cmap="autumn", alpha=0.6)
@@ -185,14 +187,42 @@ for problem in check_dataset(broken, num_frames=17, height=96, width=160, need_m
 print("the real dataset:", check_dataset(dataset, num_frames=17, height=96, width=160, need_masks=True) or "no problems")
 
 # %% [markdown]
+# ## Summary
+#
+# - An FFGo example is a real video whose first 4 frames are replaced by the composite, with a caption behind the
+#   trigger phrase: the model learns a cut from collage to scene.
+# - Which clip length FFGo trained with matters: the paper says 81 frames; the released command's token budget
+#   leaves 21.
+# - Entity masks on the latent grid are what ffstudy's optional entity-weighted loss uses; `data check` lists every
+#   broken example before training starts.
+#
+# ## Questionnaire
+#
+# 1. Why 4 frames, in terms of the VAE's temporal packing?
+# 2. What does the model learn from latent frame 0 when it is the composite itself?
+# 3. Which fields of the official JSON resolve against which folder?
+#
 # ## Exercises
 #
 # 1. Write a dataset of 50 examples. How long does it take, and how much disk? What dominates?
+#    <details><summary>Hint</summary>Time `write_fewshot_dataset` and `du -sh` the folder; compare video and mask
+#    files.</details>
 # 2. Make the clips 21 frames (`WorldConfig(num_frames=21)`) and train with `clip_length="official"`. How many
 #    latent frames does each clip have, and how many of them show real motion?
+#    <details><summary>Hint</summary>Latent frames = (frames − 1) / 4 + 1; the composite fills the first.</details>
 # 3. FFGo keeps the whole latent video in the loss, latent frame 0 (the canvas) included. What does the model
 #    learn from that frame, and what would change if it were masked out?
+#    <details><summary>Hint</summary>Frame 0 is also the conditioning frame: what is the target velocity there?</details>
 # 4. Import an official-format JSON whose `file_path` entries are relative. Which folder do they resolve against,
 #    and why does `image_path` behave differently?
+#    <details><summary>Hint</summary>The parity page's "The training data" table.</details>
 # 5. Sprites touch a larger share of latent cells than of pixels (printed above). Why? With weight w, what share of
 #    the loss do sprite cells get, and which share do sprite *pixels* get inside those cells?
+#    <details><summary>Hint</summary>A latent cell is 8×8 pixels: a sprite's edge touches cells it barely
+#    covers.</details>
+#
+# ## Further reading
+#
+# - The FFGo paper, section 4 (data curation with a VLM and the 20–50 examples)
+# - [VideoX-Fun](https://github.com/aigc-apps/VideoX-Fun), the training framework of the official code
+# - The book's page *The FFGo method* ([parity](../parity.md)), "The training data"

@@ -20,6 +20,8 @@
 # from the collage to a scene made of its parts. A LoRA trained on a few examples does that. This chapter trains one
 # on SpriteWorld, on the CPU, with the same trainer and recipe that trains Wan2.2-I2V-A14B on GPUs.
 #
+# **Prerequisites.** Chapter 3's dataset; what a LoRA is and what flow matching trains (both in the [glossary](../glossary.md)); a PyTorch training loop.
+#
 # **Goals.** By the end of this chapter you can
 # - train an FFGo LoRA from a YAML config and read its loss curve and validation video;
 # - say what each part of the recipe does: LoRA targets, expert-aware timesteps, the outlier-masked loss,
@@ -103,8 +105,7 @@ for expert in ("high", "low", "full"):
 # clips), so under FFGo's plain loss the scene holds 92 % of the weight and the LoRA learns the scene. Chapter 6 compares both losses. Set it to 0 for FFGo's
 # recipe; the Wan configs leave it at 0, because real few-shot sets come without masks.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 result = train_expert(config, "main", keep_pipeline=True)
 
 # %%
@@ -127,8 +128,7 @@ plt.show()
 # of final inference: 20 steps, the backbone's CFG (6 for Wan; 1, no CFG, for SpriteWorld), trigger, first four
 # frames dropped.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 from ffstudy.io import read_video
 
 validation = sorted((result.folder / "validation").iterdir())[-1]
@@ -169,8 +169,7 @@ for name, video in (("base model", base), ("FFGo LoRA", trained)):  # SpriteWorl
     print(f"{name:>10}: final frame is the scene: {scores['final_in_scene']}, "
           f"every sprite found in it as an object: {scores['retention']}")
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 course.show_videos({"composite → base model": base.full, "composite → FFGo LoRA": trained.full})
 
 # %% [markdown]
@@ -200,15 +199,44 @@ course.show_videos({"composite → base model": base.full, "composite → FFGo L
 # A14B) once the latent cache is built; validation brings them back for a moment.
 
 # %% [markdown]
+# ## Summary
+#
+# - FFGo trains a rank-128 LoRA on every attention and feed-forward linear of each Wan2.2 expert, with the ordinary
+#   flow-matching velocity loss, outliers masked, gradients clipped at 0.05.
+# - Each expert trains only on its own noise range (high: σ above the 0.9 boundary).
+# - The LoRA saves in diffusers format and loads with `pipe.load_lora_weights`; `ffstudy lora` converts it to the
+#   official (kohya) and ComfyUI layouts.
+# - The same config trains on the CPU in minutes or on 1–8 GPUs with `accelerate launch`.
+#
+# ## Questionnaire
+#
+# 1. Which modules does FFGo's LoRA wrap, and how many per A14B expert?
+# 2. Why does each expert see only part of the timestep range?
+# 3. What does `--resume` refuse, and why?
+#
 # ## Exercises
 #
 # 1. Train with `learning_rate: 1.0e-4` (the paper's value) for the same number of steps. What happens to the loss
 #    curve and to the validation video? Why might a 2 M-parameter model want a larger step than a 14 B one?
+#    <details><summary>Hint</summary>Copy `configs/spriteworld-cpu.yaml`, change one line, and plot both
+#    `loss.csv` files.</details>
 # 2. Kill a run halfway (interrupt the kernel) and continue it with `train_expert(config, "main", resume=True)`.
 #    Compare `loss.csv` with an uninterrupted run.
+#    <details><summary>Hint</summary>Set `checkpoint_every` small enough that a checkpoint exists before you
+#    interrupt.</details>
 # 3. Set `max_grad_norm: 1.0`. FFGo clips at 0.05 — what does the grad-norm column of `loss.csv` say about how
 #    often that clip is active?
+#    <details><summary>Hint</summary>Count the rows whose grad norm exceeds 0.05.</details>
 # 4. Convert the LoRA to ComfyUI's layout with `ffstudy lora <file> out.safetensors --to comfyui --model spriteworld`
 #    and list its keys.
+#    <details><summary>Hint</summary>`safetensors.safe_open(path, "pt").keys()`.</details>
 # 5. Train again with `entity_loss_weight=0` (FFGo's plain loss) and plot both loss curves. Why does the weighted
 #    loss start higher, and why can the two curves not be compared as numbers of the same quantity?
+#    <details><summary>Hint</summary>Which cells carry the weight, and how hard are they to predict?</details>
+#
+# ## Further reading
+#
+# - [LoRA](https://arxiv.org/abs/2106.09685) and [peft](https://huggingface.co/docs/peft)
+# - [accelerate](https://huggingface.co/docs/accelerate) (multi-GPU launches and FSDP)
+# - diffusers' [LoRA loading](https://huggingface.co/docs/diffusers/using-diffusers/loading_adapters)
+# - The book's page *The FFGo method* ([parity](../parity.md)), "Training"

@@ -19,6 +19,8 @@
 # One notebook, two worlds: with the default parameters it runs SpriteWorld and its FFGo LoRA on the CPU (this is
 # what CI executes); on a GPU runtime, set `BACKBONE` to a real Wan model and point the paths at your downloads.
 #
+# **Prerequisites.** Chapters 2 and 4 (a composite and a LoRA); for the GPU route, a CUDA runtime (Colab L4/A100 or your own) and the weights `ffstudy download` fetches.
+#
 # **Goals.** By the end of this chapter you can
 # - generate FFGo videos with the paper's settings, with and without the LoRA, side by side;
 # - see the transition the LoRA teaches and why the first four frames are cut;
@@ -57,7 +59,7 @@ import numpy as np
 from ffstudy import compose_first_frame, course, generate, load_pipeline
 from ffstudy.cli import data_dir
 from ffstudy.lora import attach_lora
-from ffstudy.models import suggested_settings
+from ffstudy.models import estimate_seconds, suggested_settings
 from ffstudy.spriteworld.fewshot import HELDOUT_SEED0
 from ffstudy.spriteworld.world import generate_clip
 
@@ -69,6 +71,9 @@ offload = OFFLOAD if OFFLOAD is not None else suggested["offload"]
 tiling = VAE_TILING if VAE_TILING is not None else suggested["vae_tiling"]
 print("device:", device, "| backbone:", BACKBONE, "|", size, "| offload:", offload, "| VAE tiling:", tiling,
       "(suggested for this GPU, an estimate)" if suggested["estimate"] else "")
+seconds = estimate_seconds(BACKBONE, **size, steps=STEPS)
+if seconds is not None:  # a GPU it knows: a rough figure from FLOPs (this chapter makes two videos)
+    print(f"rough time per video: {seconds / 60:.0f} min (from FLOPs at 40% of this GPU's peak; offload adds more)")
 
 # %% [markdown]
 # ## The backbone and the LoRA
@@ -129,8 +134,7 @@ if BACKBONE == "spriteworld":  # SpriteWorld has ground truth: is the last frame
         print(f"{name:>10}: final frame is the scene: {scores['final_in_scene']}, "
               f"every sprite found in it as an object: {scores['retention']}")
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 course.show_videos({"base model": without.frames, "FFGo LoRA": with_lora.frames})
 
 # %% [markdown]
@@ -142,7 +146,7 @@ course.show_videos({"base model": without.frames, "FFGo LoRA": with_lora.frames}
 
 # %%
 strip = with_lora.full[:8]
-fig, axes = plt.subplots(2, 8, figsize=(20, 3.4))
+fig, axes = plt.subplots(2, 8, figsize=(12, 2.3))
 for row, video, name in ((0, without.full, "base"), (1, with_lora.full, "FFGo LoRA")):
     for t, ax in enumerate(axes[row]):
         ax.imshow(video[t])
@@ -158,8 +162,8 @@ print("mean |frame - composite| over frames 0-7, FFGo LoRA:", [round(distance(f,
 #
 # Estimates from the weights' sizes (bf16; the text encoder umT5-XXL is 11 GB, each 14B expert 28 GB, the 5B
 # transformer 10 GB), not yet measured on a GPU; `suggested_settings` above picks from them by your GPU's memory.
-# For time, the progress bar on a GPU shows the seconds per step and the time left after the first steps: the
-# paper's 50 steps with CFG are 100 transformer passes per video.
+# For time, the settings cell printed a rough figure on a GPU it knows (`estimate_seconds`: the transformer's FLOPs
+# for the paper's 50 steps with CFG, 100 passes, at 40 % of the GPU's peak); the progress bar then measures it.
 #
 # | GPU | Wan2.2-I2V-A14B (the paper's) | Wan2.2-TI2V-5B |
 # |---|---|---|
@@ -173,10 +177,37 @@ print("mean |frame - composite| over frames 0-7, FFGo LoRA:", [round(distance(f,
 # "can differ significantly" from 720p.
 
 # %% [markdown]
+# ## Summary
+#
+# - `generate` uses the paper's settings: UniPC flow sampler with shift 5, CFG 6 for both experts, Wan's negative
+#   prompt, the trigger prefixed, and the first 4 frames — the transition — dropped.
+# - Three routes on a GPU: the official A14B LoRAs, your own LoRA from chapter 4 on any backbone, or the base model;
+#   weights are downloaded only by `ffstudy download`, which checks sizes first.
+# - One pipeline serves the comparison: diffusers switches the adapters off and on.
+#
+# ## Questionnaire
+#
+# 1. Why does the official High file go into diffusers' `transformer`?
+# 2. Why can frame 4 still show a trace of the collage?
+# 3. Which settings trade memory for time, and what does each cost?
+#
 # ## Exercises
 #
 # 1. Generate with `drop_first_frames=5`. Is frame 4 of the LoRA video still touched by the collage?
+#    <details><summary>Hint</summary>Reuse the distance to the composite printed above, frame by frame.</details>
 # 2. Swap the layout to `"swapped"` (plate left). Does the LoRA, trained on the FFGo layout only, still cut to the
 #    right scene? The paper says it generalises "in some cases".
+#    <details><summary>Hint</summary>`compose_first_frame(..., layout="swapped")`, then
+#    `ffstudy.spriteworld.experiment.measure` on the video.</details>
 # 3. Prompt without the trigger (`trigger=None`). What does the LoRA do without its cue?
+#    <details><summary>Hint</summary>Count the videos whose last frame is the scene, with and without it, over a
+#    few seeds.</details>
 # 4. On a GPU: run A14B with the official LoRA at 1280×720 and at 832×480. Where does the content change?
+#    <details><summary>Hint</summary>`-p HEIGHT 480 -p WIDTH 832` with papermill, same seed.</details>
+#
+# ## Further reading
+#
+# - The FFGo paper, section 5 (inference) and the [official LoRAs](https://huggingface.co/Video-Customization/FFGO-Lora-Adapter)
+# - diffusers' [Wan pipelines](https://huggingface.co/docs/diffusers/api/pipelines/wan) and
+#   [memory guide](https://huggingface.co/docs/diffusers/optimization/memory) (offload, VAE tiling)
+# - The book's page *The FFGo method* ([parity](../parity.md)), "Sampling"

@@ -63,6 +63,8 @@ def test_book_builds_and_every_page_renders(tmp_path):
             figures = re.findall(r"<img[^>]+src=\"[^\"]+\.png\"", dom)
             assert figures, f"{page.name}: no figures rendered"
             assert "colab.research.google.com" in dom
+            launches = re.findall(r"colab\.research\.google\.com/github/[^\"'<> ]+", dom)
+            assert launches and all("/blob/main/notebooks/" in url for url in launches), launches  # in the repo
     assert "compose_first_frame" in (HTML / "api.html").read_text(), "API reference generated from docstrings"
     shot = HTML / "chapter1.png"
     shot.unlink(missing_ok=True)

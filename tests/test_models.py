@@ -181,3 +181,16 @@ def test_suggested_settings_follow_gpu_memory_and_are_labelled_estimates():
         suggested_settings("wan2.2-i2v-a14b", 16)
     sprite = suggested_settings("spriteworld", 80)
     assert (sprite["height"], sprite["width"], sprite["num_frames"], sprite["estimate"]) == (96, 160, 17, False)
+
+
+def test_time_estimates_scale_with_the_work_and_say_none_when_unknown():
+    from ffstudy.models import estimate_seconds
+
+    a14b = estimate_seconds("wan2.2-i2v-a14b", 720, 1280, 81, gpu="NVIDIA H200")
+    assert 10 * 60 < a14b < 60 * 60  # tens of minutes at 720p x 81 frames, 50 steps with CFG
+    assert estimate_seconds("wan2.2-i2v-a14b", 720, 1280, 81, steps=25, gpu="NVIDIA H200") == pytest.approx(a14b / 2)
+    assert estimate_seconds("wan2.2-i2v-a14b", 720, 1280, 81, gpu="Tesla T4") > 10 * a14b
+    assert estimate_seconds("wan2.2-ti2v-5b", 704, 1280, 81, gpu="NVIDIA L4") < estimate_seconds(
+        "wan2.2-i2v-a14b", 720, 1280, 81, gpu="NVIDIA L4")
+    assert estimate_seconds("wan2.2-i2v-a14b", 720, 1280, 81, gpu="Some Future GPU") is None
+    assert estimate_seconds("spriteworld", 96, 160, 17, gpu="NVIDIA H100") is None  # no stored layout: measure it

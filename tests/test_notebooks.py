@@ -119,3 +119,20 @@ def test_the_colab_setup_cell_imports_ffstudy_in_the_running_kernel(tmp_path):
     python, content, env = _colab_like(tmp_path / "old", "ffstudy")
     old = _run_kernel(python, content, env, OLD_COLAB_CELL)
     assert old.returncode != 0 and "cannot import name 'course' from 'ffstudy' (unknown location)" in old.stderr
+
+
+@pytest.mark.parametrize("script", CHAPTERS, ids=lambda p: p.stem)
+def test_stored_figures_stay_legible_in_the_websites_column(script):
+    """The rule: no stored figure is wider than 1,200 px, so the course website's content column (about 700 px at
+    a laptop's 1,280 px window) shows it at more than half size and 10-point labels stay at least 7 px tall.
+    Contact sheets are images of frames, not text, and may be taller but not wider."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    notebook = jupytext.read(script.with_suffix(".ipynb"))
+    widths = [Image.open(io.BytesIO(base64.b64decode(output["data"]["image/png"]))).width
+              for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
+              if "image/png" in output.get("data", {})]
+    assert all(w <= 1200 for w in widths), f"{script.stem}: figure widths {widths}; keep figsize within 12 inches"

@@ -103,9 +103,9 @@ def test_the_card_names_the_recipe_of_weights_assembled_from_stage_runs():
     pretrained["config"] = {**pretrained["config"], "vae_frames": 17}  # whole clips: no windows to speak of
     assert "-frame windows" not in render_card(pretrained, evaluation, sizes)
     training["config"] |= {"vae_frames": 9, "vae_batch": 8, "vae_crop": 32}
-    training["vae_stage_run"] = "benchmarks/vae_stage.py --decoder"
+    training["vae_stage_run"] = "recipes/spriteworld/vae_stage.py --decoder"
     card = render_card(training, evaluation, sizes)
-    assert "The VAE stage of these weights was run on its own, by benchmarks/vae_stage.py --decoder." in card
+    assert "The VAE stage of these weights was run on its own, by recipes/spriteworld/vae_stage.py --decoder." in card
     assert "the command has not been run end to end for them" in card
     assert "8 × 9-frame 32² crops" in card and "only ever sees 9-frame windows" in card
 
@@ -113,7 +113,7 @@ def test_the_card_names_the_recipe_of_weights_assembled_from_stage_runs():
 def test_a_model_assembled_from_stage_runs_records_only_the_stages_it_had(tmp_path):
     """transformer_stage.py --save writes training.json as pretrain would: a VAE record without a decoder stage
     leaves no decoder time or loss behind, and one with it carries both and the decoder's log."""
-    from benchmarks.transformer_stage import save_model
+    from recipes.spriteworld.transformer_stage import save_model
 
     pipe = load_pipeline("spriteworld")
     record = {"overrides": {"transformer_steps": 2}, "own_clips": False, "encode_seconds": 1.0,
@@ -161,7 +161,7 @@ def test_the_shipped_model_reproduces_its_first_frame_and_is_not_noise():
 
 
 def test_a_fresh_decoder_keeps_the_shipped_encoder_and_its_latents():
-    """benchmarks/decoder_stage.py --fresh-decoder swaps the decoder for a new width: the encoder, and so the latents
+    """recipes/spriteworld/decoder_stage.py --fresh-decoder swaps the decoder for a new width: the encoder, and so the latents
     the shipped transformer learnt, must stay exactly the shipped ones, and the result must round-trip through
     save_pretrained with its width."""
     import tempfile
@@ -169,7 +169,7 @@ def test_a_fresh_decoder_keeps_the_shipped_encoder_and_its_latents():
     import torch
     from diffusers import AutoencoderKLWan
 
-    from benchmarks.decoder_capacity import with_fresh_decoder
+    from recipes.spriteworld.decoder_capacity import with_fresh_decoder
     from ffstudy.data import video_tensor
 
     shipped = load_pipeline("spriteworld").vae

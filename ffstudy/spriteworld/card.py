@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..io import atomic_path, write_json
 from .experiment import SHEET_SIZES
-from .metrics import AREA_BAND, COLOUR_TOLERANCE, MIN_SHAPE_IOU, share_interval
+from .metrics import (AREA_BAND, COLOUR_TOLERANCE, MAX_STRAY, MIN_SHAPE_IOU, MIN_SOLIDITY, STRAY_MARGIN,
+                      share_interval)
 from .world import COLOURS
 
 
@@ -180,11 +181,13 @@ The first 8 of these seeds, each real clip above the video generated from its fi
 
 How a sprite is found (`ffstudy/spriteworld/metrics.py`, `find_sprite`): the connected region of its colour's shades
 (within an RGB distance of {COLOUR_TOLERANCE:g} of the line from 55% to 100% of the colour) whose area is within
-{AREA_BAND[0]:g}–{AREA_BAND[1]:g}× the sprite's true area in that frame and whose shape overlaps the sprite's own
-shape with IoU ≥ {MIN_SHAPE_IOU:g} once their centres are aligned; scattered pixels of the right colour are not a
-sprite. The shape test is lenient, though: a blob of a sprite's colour and area whose outline is close enough to the
-sprite's passes it, so fewer generated sprites are whole, by eye, than "found" says. Read the generated share as an
-upper bound, and look at the contact sheet. In brackets after a share: its 95% Wilson score interval over the
+{AREA_BAND[0]:g}–{AREA_BAND[1]:g}× the sprite's true area in that frame, whose shape overlaps the sprite's own
+shape with IoU ≥ {MIN_SHAPE_IOU:g} once their centres are aligned, whose outline is as solid as the shape's (solidity
+≥ {MIN_SOLIDITY:g}× the template's) and with at most {MAX_STRAY:g}× the sprite's area in pixels of its colours farther
+than {STRAY_MARGIN} pixels from it. Scattered pixels of the right colour are not a sprite, and neither is a sprite
+melted into a lumpy blob with fragments: the "sprites melted" column replaces every sprite by such a blob of its
+colour and area. At the VAE's resolution a compact blob can still pass, so that column is not zero; read the
+generated share against it, and look at the contact sheet. In brackets after a share: its 95% Wilson score interval over the
 videos measured (`share_interval`).
 
 Probe retrieval accuracy per block (teacher-forced: each held-out clip noised to σ ∈ {e['probe']['sigmas']} and
@@ -343,8 +346,8 @@ def render_check(check: dict, experiment: dict | None = None, sheet: str | None 
     goals = retention_goals({int(n): r for n, r in check["runs"].items()})
     verdict = f"\nGoals, measured here: {goals}.\n" if goals else ""
     if "missed" in goals:
-        verdict += ("\nA goal missed here is discussed in the project README (\"SpriteWorld: what the shipped model "
-                    "can do\").\n")
+        verdict += ("\nA goal missed here is discussed in the project README (\"SpriteWorld: what the CPU model "
+                    "can and cannot do\").\n")
     if experiment is not None:
         verdict += pooled_retention(check, experiment)
     plain = " --compare-plain" if "plain_loss_runs" in check else ""

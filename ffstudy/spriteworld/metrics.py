@@ -55,11 +55,18 @@ def colour_mask(frame: np.ndarray, colour: str, tolerance: float = COLOUR_TOLERA
 
 # --------------------------------------------------------------------------------------------- objects
 # A sprite is found when one connected region of its colours has the area of the sprite (within AREA_BAND of the
-# ground-truth area) and its shape (IoU >= MIN_SHAPE_IOU with the template, centroids aligned). Colour pixels
-# scattered anywhere — what decoded noise produces — are no object: the controls in the tests and on the card
-# check that noise, frozen frames and the collage held still fail.
+# ground-truth area), its shape (IoU >= MIN_SHAPE_IOU with the template, centroids aligned) and no more than
+# MAX_STRAY of its area in pixels of its colours elsewhere (farther than STRAY_MARGIN pixels from the region): a
+# sprite that melts leaves fragments around a blob of roughly the right size. Colour pixels scattered anywhere —
+# what decoded noise produces — are no object either: the controls in the tests and on the card check that noise,
+# frozen frames, the collage held still and melted sprites fail. Measured on 40 held-out clips' last frames:
+# real clips pass 97.5 %, VAE round trips 85 %, melted sprites 0 %; at IoU 0.5 without the stray test the
+# generated blobs passed 2 of 8 contact-sheet videos.
 AREA_BAND = (0.5, 2.0)
-MIN_SHAPE_IOU = 0.5
+MIN_SHAPE_IOU = 0.6
+MAX_STRAY = 0.2
+MIN_SOLIDITY = 0.85  # of the template's: melting makes a lumpy outline
+STRAY_MARGIN = 3
 MIN_MOVE_PIXELS = 3.0  # centroid shift, first to last frame, that counts as moving
 MIN_RESIZE = 1.25  # area ratio, first to last frame, that counts as growing or shrinking
 
@@ -92,30 +99,55 @@ def shape_iou(region: np.ndarray, template: np.ndarray, search: int = 2) -> floa
                      for dy in range(-search, search + 1) for dx in range(-search, search + 1)))
 
 
+def solidity(mask: np.ndarray) -> float:
+    """Area over convex-hull area of a pixel mask: 1 for a square or a disc, lower for a star, a ring's outline or
+    a lumpy blob."""
+    from scipy.spatial import ConvexHull
+
+    ys, xs = np.nonzero(mask)
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)])
+    return float(mask.sum() / ConvexHull(corners).volume)
+
+
 def find_sprite(frame: np.ndarray, sprite: SpriteSpec, size: float | None = None,
-                visible: np.ndarray | None = None) -> dict | None:
+                visible: np.ndarray | None = None, others: tuple[str, ...] = (),
+                scene: np.ndarray | None = None) -> dict | None:
     """The sprite as an object in ``frame``: the connected region of its colours whose area is within
     ``AREA_BAND`` of the sprite's at ``size`` (default: nominal) and whose shape matches its template, or — for a
-    partly occluded sprite — of ``visible``, its ground-truth visible mask. Returns the region's centroid, area and
-    IoU, or None."""
+    partly occluded sprite — of ``visible``, its ground-truth visible mask, with few pixels of its colours strewn
+    elsewhere (``MAX_STRAY``; pixels that also match one of the ``others`` colours, the clip's other sprites, are
+    theirs, and so are pixels where the clean ``scene`` plate itself has the colour, as a tinted speckled field
+    can). Returns the region's centroid, area, IoU and stray share, or None."""
     from scipy import ndimage
 
     shapes = [sprite_template(sprite, sprite.size if size is None else size)]
     if visible is not None and visible.sum() >= 4:
         shapes.append(_crop(visible))
-    labels, count = ndimage.label(colour_mask(frame, sprite.colour))
+    coloured = colour_mask(frame, sprite.colour)
+    labels, count = ndimage.label(coloured)
     if not count:
         return None
+    own = coloured.copy()  # what may count as stray: not pixels of a neighbouring colour (yellow/orange, pink/purple)
+    for colour in others:
+        own &= ~colour_mask(frame, colour)
+    if scene is not None:
+        own &= ~ndimage.binary_dilation(colour_mask(scene, sprite.colour), iterations=STRAY_MARGIN)
     largest = np.argsort(np.bincount(labels.ravel())[1:])[::-1][:4] + 1  # a sprite is never a speck
-    regions = [labels == index for index in largest] + [np.isin(labels, largest[:2])]  # or cut in two by another
+    # one region, or a sprite cut into pieces by another in front of it
+    regions = [labels == index for index in largest] + [np.isin(labels, largest[:n]) for n in (2, 3, 4)
+                                                         if n <= len(largest)]
     best = None
     for region, shape in ((region, shape) for region in regions for shape in shapes):
         area = int(region.sum())
         if AREA_BAND[0] <= area / shape.sum() <= AREA_BAND[1]:
             iou = shape_iou(region, shape)
-            if iou >= MIN_SHAPE_IOU and (best is None or iou > best["iou"]):
+            if iou < MIN_SHAPE_IOU or (best is not None and iou <= best["iou"]):
+                continue
+            stray = (own & ~ndimage.binary_dilation(region, iterations=STRAY_MARGIN)).sum() / shape.sum()
+            if stray <= MAX_STRAY and solidity(region) >= MIN_SOLIDITY * solidity(shape):
                 ys, xs = np.nonzero(region)
-                best = {"centroid": (float(xs.mean()), float(ys.mean())), "area": area, "iou": iou}
+                best = {"centroid": (float(xs.mean()), float(ys.mean())), "area": area, "iou": iou,
+                        "stray": float(stray)}
     return best
 
 
@@ -123,8 +155,9 @@ def sprites_found(video: np.ndarray, clip: Clip, frame: int = -1, truth_frame: i
     """Each of ``clip``'s sprites found as an object in ``video[frame]``, measured against its ground truth in the
     clip's frame ``truth_frame`` (default: the same index; the last frame for ``frame=-1``)."""
     t = (len(clip.frames) - 1 if frame == -1 else frame) if truth_frame is None else truth_frame
-    return [find_sprite(video[frame], s, sprite_sizes(s, len(clip.frames))[t], clip.masks[t] == k + 1)
-            for k, s in enumerate(clip.sprites)]
+    colours, plate = [s.colour for s in clip.sprites], np.asarray(clip.background)
+    return [find_sprite(video[frame], s, sprite_sizes(s, len(clip.frames))[t], clip.masks[t] == k + 1,
+                        tuple(c for c in colours if c != s.colour), plate) for k, s in enumerate(clip.sprites)]
 
 
 def sprites_kept(video: np.ndarray, clip: Clip) -> bool:
@@ -147,6 +180,31 @@ def sprite_motions(video: np.ndarray, clip: Clip) -> list[dict]:
         motions.append({"moved": bool(np.hypot(*shift) >= MIN_MOVE_PIXELS or resize >= MIN_RESIZE),
                         "direction_ok": None if direction is None else bool(np.dot(shift, direction) > 1.0)})
     return motions
+
+
+def melt_sprites(clip: Clip, seed: int = 0, reach: int = 6) -> np.ndarray:
+    """``clip`` with every sprite in every frame melted: replaced by a lumpy blob of its mean colour with its area
+    and centre (a smoothed random field within ``reach`` pixels of its mask), fragments included, texture gone —
+    what a model that keeps colours and loses objects draws. A control the object detector must reject."""
+    from scipy import ndimage
+
+    if clip.cut_frame is not None:
+        raise ValueError(f"melt_sprites: clip {clip.seed} cuts to a second scene, whose plate is not kept; "
+                         "use a clip generated with cut=False")
+    rng, plate = np.random.default_rng(seed), np.asarray(clip.background)
+    video = clip.frames.copy()
+    for frame, mask in zip(video, clip.masks):
+        for k in range(1, int(mask.max()) + 1):
+            sprite = mask == k
+            if sprite.sum() < 4:
+                continue
+            colour = frame[sprite].mean(0)
+            frame[sprite] = plate[sprite]
+            lumps = ndimage.gaussian_filter(rng.normal(size=sprite.shape), 3)
+            field = ndimage.gaussian_filter(sprite.astype(float), 3) + 0.4 * lumps / lumps.std()
+            field[~ndimage.binary_dilation(sprite, iterations=reach)] = -np.inf
+            frame[field >= np.sort(field.ravel())[-int(sprite.sum())]] = colour.round().astype(np.uint8)
+    return video
 
 
 def sharpness(video: np.ndarray) -> float:

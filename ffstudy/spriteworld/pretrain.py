@@ -321,7 +321,7 @@ def final_loss(log: list[dict], stage: str) -> float:
 
 def transformer_stage(pipe, clips: list, config: PretrainConfig, log: list, timings: dict) -> None:
     """Encode ``clips`` with ``pipe``'s frozen VAE and train the transformer on them, timing both: the recipe's
-    middle stage, which ``benchmarks/transformer_stage.py`` reruns on the shipped VAE."""
+    middle stage, which ``recipes/spriteworld/transformer_stage.py`` reruns on the shipped VAE."""
     start = time.perf_counter()
     encoded = encode_training_set(pipe, clips, config)
     timings["encode_seconds"] = time.perf_counter() - start

@@ -5,7 +5,7 @@ layout that trains faster buys more steps in the recipe's 2 hours. Each layout r
 through the encoder's posterior mode and ``decode_unclamped``, L1 + L2, backward) on the same batch of whole
 17-frame 64x64 clips, and the plain group autoencoders of ``vae_budget.py`` run theirs for scale.
 
-    python benchmarks/vae_layout_speed.py              # batch 4, 3 timed steps each after one warm-up
+    python recipes/spriteworld/vae_layout_speed.py              # batch 4, 3 timed steps each after one warm-up
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import time
 import torch
 
 from ffstudy.spriteworld.pretrain import PretrainConfig, build_vae, decode_unclamped, reconstruction_loss
-from vae_budget import GroupAutoencoder  # benchmarks/, on the path when this script runs
+from vae_budget import GroupAutoencoder  # this folder, on the path when this script runs
 
 LAYOUTS = {
     "shipped: base_dim 12, dim_mult [1,2,4,4]": PretrainConfig(),

@@ -5,7 +5,7 @@ compression (or the cache carried from group to group) were what keeps the card'
 would score well above the later frames, and a still clip (one frame repeated 17 times, nothing to compress in
 time) well above a moving one. Same seeds and PSNR as the model card (``vae_psnr``: its first 20 held-out clips).
 
-    .venv/bin/python benchmarks/vae_frames.py [MODEL_DIR]
+    .venv/bin/python recipes/spriteworld/vae_frames.py [MODEL_DIR]
 
 About 2 min on 2 cores.
 """

@@ -9,8 +9,8 @@ into 5 latent frames. Like Wan's causal cache, a group's encoder also sees the p
 previous latent frame. It measures them as the model card measures the VAE: PSNR per clip over all / sprite / scene
 pixels on seeds 1,000,000-1,000,019, uint8 frames in and out, averaged over clips.
 
-    python benchmarks/vae_budget.py                                  # widths 24 and 48, 6,000 steps each (21 min)
-    python benchmarks/vae_budget.py --widths 24 --steps 600 --every 200 --json vae_budget.json
+    python recipes/spriteworld/vae_budget.py                                  # widths 24 and 48, 6,000 steps each (21 min)
+    python recipes/spriteworld/vae_budget.py --widths 24 --steps 600 --every 200 --json vae_budget.json
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ loses their colours. This asks whether the data or the architecture is the obsta
 (same order, loss, optimiser and learning rate) and are measured on the first frames of held-out clips, PSNR over
 sprite pixels and over scene pixels separately.
 
-    python benchmarks/vae_learning.py                 # 1,200 steps each, evaluated every 300 (CPU, 2 threads)
-    python benchmarks/vae_learning.py --steps 300 --every 100 --json vae_learning.json
+    python recipes/spriteworld/vae_learning.py                 # 1,200 steps each, evaluated every 300 (CPU, 2 threads)
+    python recipes/spriteworld/vae_learning.py --steps 300 --every 100 --json vae_learning.json
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from ffstudy.spriteworld.metrics import masked_psnr
 from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_vae, decode_unclamped, random_windows,
                                           reconstruction_loss, training_clips)
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
-from vae_budget import LATENT, decoder, encoder  # benchmarks/, on the path when this script runs
+from vae_budget import LATENT, decoder, encoder  # this folder, on the path when this script runs
 
 
 class PlainAutoencoder(nn.Module):

@@ -8,9 +8,9 @@ sharpness, sprites kept as objects, animated, directions), and the few-shot expe
 phrase only) on its tuning composites: how often the base model already cuts into the scene with every sprite, which
 is what FFGo's LoRA has to teach.
 
-    .venv/bin/python benchmarks/transformer_stage.py --overrides '{"transformer_cut_probability": 0.03}'
+    .venv/bin/python recipes/spriteworld/transformer_stage.py --overrides '{"transformer_cut_probability": 0.03}'
 
-``--vae DIR --vae-record FILE`` trains on another VAE instead: one that ``benchmarks/vae_stage.py --decoder --save DIR
+``--vae DIR --vae-record FILE`` trains on another VAE instead: one that ``recipes/spriteworld/vae_stage.py --decoder --save DIR
 --record FILE`` trained with a variant of the VAE stage. Its overrides join the config, and the saved folder takes
 that VAE with its stages' settings, times and log, so the three stage runs together are ``pretrain`` with the
 variant.
@@ -58,9 +58,9 @@ def save_model(pipe, shipped: Path, out: str, record: dict, vae_record: dict | N
         timings.update({f"{stage}_seconds": vae_record[f"{stage}_seconds"] for stage in stages})
         training["final_losses"].update({stage: final_loss(old_log, stage) for stage in stages})
         training.pop("decoder_stage_run", None)
-        training["vae_stage_run"] = (("benchmarks/vae_stage.py --decoder, which runs the decoder stage right after it "
+        training["vae_stage_run"] = (("recipes/spriteworld/vae_stage.py --decoder, which runs the decoder stage right after it "
                                       "(that stage depends on the VAE stage's weights only)" if decoder else
-                                      "benchmarks/vae_stage.py (no decoder stage)")
+                                      "recipes/spriteworld/vae_stage.py (no decoder stage)")
                                      + f", the recipe's seeds with {json.dumps(vae_record['overrides'])}")
     else:
         old_log = [json.loads(line) for line in (shipped / "training_log.jsonl").read_text().splitlines()]
@@ -69,7 +69,7 @@ def save_model(pipe, shipped: Path, out: str, record: dict, vae_record: dict | N
         timings["transformer_render_seconds"] = record["render_seconds"]
     timings.update(encode_seconds=record["encode_seconds"], transformer_seconds=record["transformer_seconds"])
     training["final_losses"]["transformer"] = record["transformer_final_loss"]
-    training["transformer_stage_run"] = (f"benchmarks/transformer_stage.py on {time.strftime('%Y-%m-%d')}: "
+    training["transformer_stage_run"] = (f"recipes/spriteworld/transformer_stage.py on {time.strftime('%Y-%m-%d')}: "
                                          f"{'that' if vae_record else 'the shipped'} VAE's encoder, the recipe's seeds")
     log = ([r for r in old_log if r["stage"] == "vae"] + record["log"]  # pretrain's order of stages
            + [r for r in old_log if r["stage"] == "decoder"])

@@ -7,7 +7,7 @@ caption says, over ``--videos`` held-out clips from ``--first-seed``, exactly as
 reference. The card's seeds start at 1,000,000; a setting chosen on them is checked on
 another range (``--first-seed 1000040``).
 
-    .venv/bin/python benchmarks/sampler_sweep.py --settings 6:5 3:5 1:5 1:3
+    .venv/bin/python recipes/spriteworld/sampler_sweep.py --settings 6:5 3:5 1:5 1:3
 
 About 2.5 s per video at CFG 1 on the 2-core CPU, 3.5 s with CFG.
 """

@@ -8,7 +8,7 @@ for an unchanged architecture), optionally the decoder stage after it (``--decod
 sprite and scene pixels on the card's first 20 held-out seeds and the VAE round trips' control row (frame 0,
 scene, sharpness, sprites kept as objects) on its 40.
 
-    .venv/bin/python benchmarks/vae_stage.py --overrides '{"vae_base_dim": 16}' --decoder --record FILE
+    .venv/bin/python recipes/spriteworld/vae_stage.py --overrides '{"vae_base_dim": 16}' --decoder --record FILE
 
 About 0.4 s per VAE step at the recipe's width on 2 cores, 1 s per decoder step, 2 min measuring.
 ``--from-shipped`` trains the shipped VAE further instead of a fresh one (encoder included, so its latents no longer

@@ -13,7 +13,7 @@ number of steps, and is measured on every frame of the model card's first held-o
 PSNR over all / sprite / scene pixels. Arm ``shipped`` continues the shipped decoder (what more training of the
 present width gives); ``fresh-N`` starts a decoder of base width N from scratch.
 
-    .venv/bin/python benchmarks/decoder_capacity.py --arms shipped,fresh-12,fresh-24 --steps 1000
+    .venv/bin/python recipes/spriteworld/decoder_capacity.py --arms shipped,fresh-12,fresh-24 --steps 1000
 
 Measured on the 2-core CPU: the shipped arm's 1,200 steps and 5 measurements took 27.2 min; a fresh width-24
 decoder runs about twice as long per step as width 12.

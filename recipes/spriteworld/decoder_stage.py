@@ -6,7 +6,7 @@ out bit-identical to the shipped one, which it checks), fine-tunes the decoder w
 the result with the shipped transformer: VAE PSNR (all / sprite / scene pixels), the VAE round trips' control row
 and the generated videos' measures on the model card's held-out seeds.
 
-    .venv/bin/python benchmarks/decoder_stage.py --overrides '{"decoder_sprite_weight": 4, "decoder_steps": 1200}'
+    .venv/bin/python recipes/spriteworld/decoder_stage.py --overrides '{"decoder_sprite_weight": 4, "decoder_steps": 1200}'
 
 About 18 min for the VAE stage (cached in --cache for further variants), 1 s per decoder step, 5 min measuring.
 ``--from-shipped`` skips the VAE stage and continues the shipped VAE's decoder instead: not a recipe, a quick way to
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from decoder_capacity import encoder_state, with_fresh_decoder  # benchmarks/, on the path when this script runs
+from decoder_capacity import encoder_state, with_fresh_decoder  # this folder, on the path when this script runs
 from ffstudy.io import write_json
 from ffstudy.models import get_backbone, load_pipeline
 from ffstudy.spriteworld.evaluate import control_metrics, generation_metrics, vae_psnr

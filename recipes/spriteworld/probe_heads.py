@@ -6,7 +6,7 @@ head on the card's clips and noise levels (``evaluate.probe_accuracy``: the firs
 0.9, teacher-forced), by total mass ("most mass", the issue's criterion) and by mass per token of entity area. Its
 "mean" columns are the card's figures.
 
-    .venv/bin/python benchmarks/probe_heads.py            # about 2 min on the 2-core CPU
+    .venv/bin/python recipes/spriteworld/probe_heads.py            # about 2 min on the 2-core CPU
 """
 from __future__ import annotations
 
