@@ -4,8 +4,8 @@ Nothing in ffstudy downloads by itself: ``load_pipeline`` reads local folders an
 unless asked (``download=True``). ``ffstudy download NAME`` (or :func:`download`) lists the files with their
 sizes from the hub, refuses when the disk cannot hold them, and only then fetches them.
 
-    ffstudy download wan2.2-ti2v-5b --to models/          # about 34 GB: the 5B model for a 24 GB GPU
-    ffstudy download ffgo-lora --to models/FFGO-Lora-Adapter  # the official FFGo LoRAs for Wan2.2-I2V-A14B
+    ffstudy download wan2.2-ti2v-5b --to models/ti2v --dry-run  # the files and sizes, nothing fetched
+    ffstudy download ffgo-lora --to models/ffgo-lora             # the official FFGo LoRAs for Wan2.2-I2V-A14B
 """
 from __future__ import annotations
 

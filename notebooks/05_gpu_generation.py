@@ -83,16 +83,17 @@ if seconds is not None:  # a GPU it knows: a rough figure from FLOPs (this chapt
 #   `data/models/spriteworld-ffgo-lora`: chapter 4's config with its entity-weighted loss, 1,200 steps on 50
 #   examples);
 # - **the official FFGo LoRAs** (`"official"`), for Wan2.2-I2V-A14B only: kohya-style files from VideoX-Fun, one
-#   per expert. `ffstudy download ffgo-lora --to FOLDER` fetches the two `checkpoint-600.safetensors` files (about
-#   2 × 1.2 GB, from the hub repository `Video-Customization/FFGO-Lora-Adapter`); `attach_lora` converts their keys,
+#   per expert. `ffstudy download ffgo-lora --to FOLDER` fetches the two `checkpoint-600.safetensors` files (each
+#   618 M bf16 parameters, about 1.2 GB, from the hub repository `Video-Customization/FFGO-Lora-Adapter`);
+#   `attach_lora` converts their keys,
 #   folds alpha/rank, checks all 401 modules are there and — careful — puts the **High** file into diffusers'
 #   `transformer` and the **Low** file into `transformer_2` (VideoX-Fun names the experts the other way round).
 #   There is no official LoRA for TI2V-5B;
 # - **no LoRA** (`None`): the base model, which shows what FFGo adds.
 #
 # The backbone's weights are never downloaded by loading: `ffstudy download wan2.2-ti2v-5b --to FOLDER` lists the
-# files and sizes (about 34 GB for TI2V-5B, 126 GB for A14B: see `ffstudy download NAME --to FOLDER --dry-run`),
-# checks the disk and downloads; then set `MODEL_PATH = FOLDER`.
+# files and their sizes as the hub reports them (`--dry-run` stops there), checks the disk and downloads; then set
+# `MODEL_PATH = FOLDER`.
 
 # %%
 pipe = load_pipeline(BACKBONE, path=MODEL_PATH, offload=offload, vae_tiling=tiling)
