@@ -135,10 +135,11 @@ for name, row in rows.items():
     print(f"  {name:<24} {row['kept']:6.1%}   (frame 0 {row['frame0_psnr']:4.1f} dB, scene {row['scene_psnr']:4.1f} dB)")
 
 # %% [markdown]
-# The VAE round trips keep almost every sprite; the generated videos keep few: the transformer, not the VAE, loses
+# The VAE round trips keep most sprites whole; the generated videos almost none: the transformer, not the VAE, loses
 # them. Decoded noise keeps none, and a frozen first frame keeps many but animates none, which is why the card
-# reads "kept" together with "animated". The probe looks at attention rather than pixels: it measures how later
-# frames read frame 0 while they are generated, whatever becomes of the sprites.
+# reads "kept" together with "animated". The melted sprites are the detector's own test: lumpy blobs of the right
+# colour and area that it should reject, and mostly does. The probe looks at attention rather than pixels: it
+# measures how later frames read frame 0 while they are generated, whatever becomes of the sprites.
 
 # %% [markdown]
 # ## What the probe records
