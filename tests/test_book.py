@@ -71,3 +71,38 @@ def test_book_builds_and_every_page_renders(tmp_path):
     chromium(f"--screenshot={shot}", "--window-size=1280,1800", (HTML / "notebooks" / f"{CHAPTERS[0]}.html").as_uri(),
              profile=tmp_path / "profile")
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+LEGIBLE_SCALE = 0.5  # a figure shown at half its stored size keeps 10-point labels at 7 px
+
+
+def figure_sizes(page: Path, profile: Path, tmp: Path) -> tuple[int, list[tuple[int, int]]]:
+    """The content column's width and each output figure's (stored, shown) width when ``page`` is laid out in a
+    1,280 px wide window (a laptop), measured by the browser: a wrapper page reads the chapter in an iframe."""
+    wrapper = tmp / f"measure-{page.stem}.html"
+    wrapper.write_text(f"""<html><body><iframe id="f" src="{page.as_uri()}" style="width:1280px;height:900px"></iframe>
+<pre id="out">pending</pre><script>
+document.getElementById('f').onload = function () {{
+  const doc = this.contentDocument, article = doc.querySelector('article') || doc.body;
+  const rows = [...doc.querySelectorAll('div.cell_output img')].map(i => i.naturalWidth + 'x' + i.clientWidth);
+  document.getElementById('out').textContent = 'column ' + article.clientWidth + ' ' + rows.join(' ');
+}};</script></body></html>""")
+    dom = chromium("--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom", wrapper.as_uri(),
+                   profile=profile).stdout
+    found = re.search(r'id="out">column (\d+)([^<]*)<', dom)
+    assert found, f"{page.name}: the browser did not measure the page"
+    return int(found.group(1)), [tuple(map(int, size.split("x"))) for size in found.group(2).split()]
+
+
+def test_every_chapter_figure_fits_the_column_at_a_legible_scale(tmp_path):
+    """The rule, measured in headless Chromium at a laptop's 1,280 px: every figure a chapter outputs fits the
+    content column, and is shown at no less than half its stored size (else its labels shrink below 7 px)."""
+    if not (HTML / "notebooks" / f"{CHAPTERS[0]}.html").is_file():
+        build()
+    for chapter in CHAPTERS:
+        column, figures = figure_sizes(HTML / "notebooks" / f"{chapter}.html", tmp_path / "profile", tmp_path)
+        assert figures, f"{chapter}: no figures measured"
+        for stored, shown in figures:
+            assert shown <= column, f"{chapter}: a figure {shown} px wide overflows the {column} px column"
+            assert shown >= stored * LEGIBLE_SCALE, (
+                f"{chapter}: a {stored} px figure is shown at {shown} px, below {LEGIBLE_SCALE:.0%} of its size")
