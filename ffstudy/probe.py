@@ -10,8 +10,10 @@ also record for every query token of latent frames ≥ 1:
 
 The softmax normaliser covers all keys: its log-sum-exp comes from the fused attention kernel that produced the
 output (checked bit-identical to the stock path once per device and dtype), or else from a chunked pass over the
-keys. Only first-frame key columns are ever materialised, one query chunk at a time, so extra memory is
-``heads × chunk × tokens_per_frame``, never ``tokens²``.
+keys. Only first-frame key columns are ever materialised, one query chunk at a time and in place: the extra memory
+is one float32 tile of ``tile_bytes`` (heads × query rows × first-frame keys; at least one query row) and those
+rows' queries in float32, never ``tokens²``; chunks never cross a frame boundary, so reverse maps are sums, not
+scatters.
 
 A secondary probe on ``attn2`` records how much each video token attends to the trigger-phrase tokens.
 """
@@ -75,6 +77,16 @@ def _fused_attention_with_lse(q, k, v, kernel: str):
         return None
     lse = lse.reshape(*lse.shape[:2], -1)[..., : q.shape[1]]  # cuDNN: (B,H,S,1); efficient: S padded to 32s
     return out.transpose(1, 2), lse.float()
+
+
+def _frame_chunks(n0: int, seq: int, rows: int) -> list[tuple[int, int]]:
+    """Query ranges over latent frames 1… of ``n0`` tokens each, at most ``rows`` long unless one frame is longer,
+    never crossing a frame boundary: whole frames together when they fit, else slices of one frame."""
+    if rows >= n0:
+        step = rows // n0 * n0
+        return [(start, min(seq, start + step)) for start in range(n0, seq, step)]
+    return [(start, min(frame + n0, start + rows)) for frame in range(n0, seq, n0)
+            for start in range(frame, frame + n0, rows)]
 
 
 def chunked_logsumexp(q: torch.Tensor, k: torch.Tensor, scale: float, chunk_k: int) -> torch.Tensor:
@@ -397,24 +409,29 @@ class FirstFrameProbe:
     @torch.no_grad()
     def _record_self_attention(self, block: int, query, key, lse) -> None:
         f, h, w = self._grid
-        n0, (batch, seq, heads, dim) = h * w, query.shape
+        n0, (_, seq, heads, dim) = h * w, query.shape
         names, masks = self._entity_matrix(h, w, query.device)
         scale = 1.0 / math.sqrt(dim)
         q, k = query[0].transpose(0, 1), key[0].transpose(0, 1)  # (H, S, D); batch item 0 = this call's video
         k0 = k[:, :n0].float().transpose(-1, -2)
         columns = n0 if lse is not None else max(n0, 4096)  # the portable path also holds a 4096-key tile
-        chunk = max(1, min(seq - n0, self.tile_bytes // (4 * heads * columns)))
+        rows = max(1, self.tile_bytes // (4 * heads * columns))  # query rows per tile
         entity = torch.empty(heads, seq - n0, len(names), device=query.device)
-        reverse = torch.zeros(heads, f - 1, n0, device=query.device)
+        reverse = torch.empty(heads, f - 1, n0, device=query.device)
         raw = torch.empty(heads, seq - n0, n0) if self.keep_attention else None
-        for start in range(n0, seq, chunk):
-            stop = min(seq, start + chunk)
+        for start, stop in _frame_chunks(n0, seq, rows):
             qc = q[:, start:stop].float()
             row_lse = lse[0][:, start:stop] if lse is not None else chunked_logsumexp(qc, k, scale, 4096)
-            p0 = torch.exp(qc @ k0 * scale - row_lse[..., None])  # (H, c, n0): exact softmax columns of frame 0
+            # exact softmax columns of frame 0, exp(scale·q·k₀ − lse), formed in place in one tile
+            p0 = torch.baddbmm(-row_lse[..., None], qc, k0, alpha=scale).exp_()
             entity[:, start - n0:stop - n0] = p0 @ masks
-            frames = torch.arange(start, stop, device=query.device) // n0 - 1
-            reverse.index_add_(1, frames, p0)
+            first, frames = start // n0 - 1, max(1, (stop - start) // n0)
+            if stop - start >= n0:  # whole frames: each frame's queries summed at once
+                reverse[:, first:first + frames] = p0.unflatten(1, (frames, n0)).sum(2)
+            elif start % n0 == 0:  # part of one frame: its first chunk starts the sum
+                reverse[:, first] = p0.sum(1)
+            else:
+                reverse[:, first] += p0.sum(1)
             if raw is not None:
                 raw[:, start - n0:stop - n0] = p0.cpu()
         entity = entity.unflatten(1, (f - 1, n0))

@@ -152,3 +152,19 @@ def test_default_steps_and_bad_blocks(tiny_pipe, composite):
     assert sorted({r["step"] for r in probe.result.records}) == [0, 2, 4, 5, 7, 9]
     with pytest.raises(ValueError, match="blocks=\\[5\\]"):
         FirstFrameProbe(pipe, blocks=[5])
+
+
+@pytest.mark.parametrize("rows", [1, 7, 28, 29, 60, 1000])
+def test_query_chunks_cover_later_frames_without_crossing_one(rows):
+    """The probe sums each chunk's attention into its frame's reverse map, so a chunk must hold whole frames or
+    lie inside one; within the tile's rows unless a single frame is longer."""
+    from ffstudy.probe import _frame_chunks
+
+    n0, seq = 28, 28 * 5
+    chunks = _frame_chunks(n0, seq, rows)
+    assert chunks[0][0] == n0 and chunks[-1][1] == seq
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    for start, stop in chunks:
+        whole = (stop - start) % n0 == 0 and start % n0 == 0
+        assert whole or start // n0 == (stop - 1) // n0
+        assert stop - start <= max(rows, n0) if rows >= n0 else stop - start <= rows
