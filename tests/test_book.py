@@ -65,6 +65,8 @@ def test_book_builds_and_every_page_renders(tmp_path):
             assert "colab.research.google.com" in dom
             launches = re.findall(r"colab\.research\.google\.com/github/[^\"'<> ]+", dom)
             assert launches and all("/blob/main/notebooks/" in url for url in launches), launches  # in the repo
+            # a stored widget has no kernel here and would render blank: its still image is shown instead
+            assert "vnd.jupyter.widget-view+json" not in page.read_text(), f"{page.name}: a blank widget view"
     assert "compose_first_frame" in (HTML / "api.html").read_text(), "API reference generated from docstrings"
     shot = HTML / "chapter1.png"
     shot.unlink(missing_ok=True)
