@@ -417,7 +417,7 @@ class FirstFrameProbe:
         columns = n0 if lse is not None else max(n0, 4096)  # the portable path also holds a 4096-key tile
         rows = max(1, self.tile_bytes // (4 * heads * columns))  # query rows per tile
         entity = torch.empty(heads, seq - n0, len(names), device=query.device)
-        reverse = torch.empty(heads, f - 1, n0, device=query.device)
+        reverse = torch.zeros(heads, f - 1, n0, device=query.device)
         raw = torch.empty(heads, seq - n0, n0) if self.keep_attention else None
         for start, stop in _frame_chunks(n0, seq, rows):
             qc = q[:, start:stop].float()
@@ -425,13 +425,8 @@ class FirstFrameProbe:
             # exact softmax columns of frame 0, exp(scale·q·k₀ − lse), formed in place in one tile
             p0 = torch.baddbmm(-row_lse[..., None], qc, k0, alpha=scale).exp_()
             entity[:, start - n0:stop - n0] = p0 @ masks
-            first, frames = start // n0 - 1, max(1, (stop - start) // n0)
-            if stop - start >= n0:  # whole frames: each frame's queries summed at once
-                reverse[:, first:first + frames] = p0.unflatten(1, (frames, n0)).sum(2)
-            elif start % n0 == 0:  # part of one frame: its first chunk starts the sum
-                reverse[:, first] = p0.sum(1)
-            else:
-                reverse[:, first] += p0.sum(1)
+            first, frames = start // n0 - 1, max(1, (stop - start) // n0)  # whole frames, or part of one
+            reverse[:, first:first + frames] += p0.unflatten(1, (frames, -1)).sum(2)
             if raw is not None:
                 raw[:, start - n0:stop - n0] = p0.cpu()
         entity = entity.unflatten(1, (f - 1, n0))

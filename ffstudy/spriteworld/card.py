@@ -159,9 +159,10 @@ ffstudy spriteworld pretrain --config configs/spriteworld-pretrain.yaml --out da
 
 Videos generated from the first frame and caption of {gen['videos']} held-out clips ({gen['steps']} steps, CFG
 {gen['guidance_scale']:g}, shift {gen['flow_shift']:g}), measured against the real clips, next to the same measures on
-four controls: the real clips and their VAE round trips (a working model can reach them), VAE-decoded N(0, 1) latents
-and the first frame held still (what a broken model produces: noise fails every measure, the frozen frame fails
-"animated", since a sprite that never moves is often still whole in the last frame).
+five controls: the real clips and their VAE round trips (a working model can reach them), VAE-decoded N(0, 1)
+latents, the first frame held still and the sprites melted (what a broken model produces: noise fails every measure,
+the frozen frame fails "animated", since a sprite that never moves is often still whole in the last frame, and the
+melted sprites fail "kept").
 
 {quality_table(e)}
 
@@ -187,8 +188,8 @@ shape with IoU ≥ {MIN_SHAPE_IOU:g} once their centres are aligned, whose outli
 than {STRAY_MARGIN} pixels from it. Scattered pixels of the right colour are not a sprite, and neither is a sprite
 melted into a lumpy blob with fragments: the "sprites melted" column replaces every sprite by such a blob of its
 colour and area. At the VAE's resolution a compact blob can still pass, so that column is not zero; read the
-generated share against it, and look at the contact sheet. In brackets after a share: its 95% Wilson score interval over the
-videos measured (`share_interval`).
+generated share against it, and look at the contact sheet. In brackets after a share: its 95% Wilson score interval
+over the videos measured (`share_interval`).
 
 Probe retrieval accuracy per block (teacher-forced: each held-out clip noised to σ ∈ {e['probe']['sigmas']} and
 denoised once with `FirstFrameProbe`; for later-frame tokens whose ground-truth sprite is k, the share whose largest
