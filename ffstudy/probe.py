@@ -10,10 +10,11 @@ also record for every query token of latent frames ≥ 1:
 
 The softmax normaliser covers all keys: its log-sum-exp comes from the fused attention kernel that produced the
 output (checked bit-identical to the stock path once per device and dtype), or else from a chunked pass over the
-keys. Only first-frame key columns are ever materialised, one query chunk at a time and in place: the extra memory
-is one float32 tile of ``tile_bytes`` (heads × query rows × first-frame keys; at least one query row) and those
-rows' queries in float32, never ``tokens²``; chunks never cross a frame boundary, so reverse maps are sums, not
-scatters.
+keys. Only first-frame key columns are ever materialised, one query chunk at a time and in place, so a block's
+recording holds at most what :func:`recording_bytes` states — one float32 tile of ``tile_bytes`` (heads × query
+rows × first-frame keys, or × 4,096 keys on the portable path; at least one query row), those rows' queries and the
+first-frame keys in float32, and the records themselves — never ``tokens²``. Chunks never cross a frame boundary,
+so reverse maps are sums, not scatters.
 
 A secondary probe on ``attn2`` records how much each video token attends to the trigger-phrase tokens.
 """
@@ -38,7 +39,9 @@ WHOLE_FRAME = "frame_0"
 TEXT_PARTS = ("trigger", "caption", "padding")
 _HOOK_NAME = "ffstudy_probe"
 _TILE_BYTES = 256 * 2**20  # budget for one (heads x query chunk x keys) tile
-_STOCK_KERNEL: dict[tuple, str | None] = {}  # (device, dtype, backend) -> the fused kernel equal to stock
+# (device, dtype, backend, q/k/v shapes) -> the fused kernel whose output equals the stock attention's there: a
+# build may pick another kernel for another head size or sequence length, so each shape is checked once
+_STOCK_KERNEL: dict[tuple, str | None] = {}
 
 
 # --------------------------------------------------------------------------------------------- attention math
@@ -90,12 +93,40 @@ def _frame_chunks(n0: int, seq: int, rows: int) -> list[tuple[int, int]]:
 
 
 def chunked_logsumexp(q: torch.Tensor, k: torch.Tensor, scale: float, chunk_k: int) -> torch.Tensor:
-    """Row log-sum-exp of ``scale · q kᵀ`` over all keys, one key chunk at a time. q: (H,c,D), k: (H,S,D)."""
+    """Row log-sum-exp of ``scale · q kᵀ`` over all keys, one key chunk at a time and in place (one float32
+    (H, c, chunk_k) tile). q: (H,c,D) float32, k: (H,S,D)."""
     lse = torch.full(q.shape[:-1], -torch.inf, device=q.device)
     for start in range(0, k.shape[1], chunk_k):
-        logits = (q @ k[:, start:start + chunk_k].float().transpose(-1, -2)) * scale
-        lse = torch.logaddexp(lse, logits.logsumexp(-1))
+        logits = torch.matmul(q * scale, k[:, start:start + chunk_k].float().transpose(-1, -2))
+        top = logits.amax(-1, keepdim=True)
+        chunk_lse = logits.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1))
+        lse = torch.logaddexp(lse, chunk_lse)
     return lse
+
+
+def recording_bytes(heads: int, head_dim: int, frame_tokens: int, tokens: int, entities: int,
+                    tile_bytes: int = _TILE_BYTES, portable: bool = False) -> int:
+    """The most memory (bytes) one block's recording holds beyond the forward pass, for ``tokens`` query tokens of
+    which the first ``frame_tokens`` are latent frame 0:
+
+    - the float32 tile: heads × query rows × first-frame keys (× 4,096 keys on the portable path), where rows =
+      ``tile_bytes`` // (4 · heads · keys), at least 1;
+    - per query row and head: its query in float32 (and pre-scaled on the portable path), its log-sum-exp
+      terms, its entity masses before they are stored;
+    - one frame's reverse-map partial sum, the first-frame keys in float32 (and one 4,096-key chunk of all keys on
+      the portable path);
+    - the block's records: per-head entity masses and reverse maps, and their head means.
+
+    ``tests/test_probe.py`` checks it against the live tensors of recordings on both paths."""
+    keys = max(frame_tokens, 4096) if portable else frame_tokens
+    later = tokens - frame_tokens
+    rows = min(max(1, tile_bytes // (4 * heads * keys)), later)
+    tile = heads * rows * min(keys, tokens)
+    per_row = heads * rows * (2 * head_dim + entities + 5)
+    partial = heads * max(rows, frame_tokens)
+    key_copies = heads * head_dim * (frame_tokens + (min(4096, tokens) if portable else 0))
+    records = (heads + 1) * later * entities + (2 * heads + 1) * later
+    return 4 * (tile + per_row + partial + key_copies + records)
 
 
 # --------------------------------------------------------------------------------------------- processors
@@ -125,10 +156,11 @@ class FirstFrameProbeProcessor(WanAttnProcessor):
                                          backend=self._attention_backend, parallel_config=self._parallel_config)
 
         if attention_mask is None and self._parallel_config is None and self.probe.fused_lse:
-            check = (query.device.type, query.dtype, str(self._attention_backend))
-            if check not in _STOCK_KERNEL:  # once: the first fused kernel whose output is bit-identical to stock
+            check = (str(query.device), query.dtype, str(self._attention_backend), tuple(query.shape),
+                     tuple(key.shape))
+            if check not in _STOCK_KERNEL:  # once per shape: the first fused kernel bit-identical to stock
                 reference, _STOCK_KERNEL[check] = stock(), None
-                for name in _fused_kernels(*check[:2]):
+                for name in _fused_kernels(query.device.type, query.dtype):
                     fused = _fused_attention_with_lse(query, key, value, name)
                     if fused is not None and torch.equal(fused[0], reference):
                         _STOCK_KERNEL[check] = name

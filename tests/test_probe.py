@@ -168,3 +168,78 @@ def test_query_chunks_cover_later_frames_without_crossing_one(rows):
         whole = (stop - start) % n0 == 0 and start % n0 == 0
         assert whole or start // n0 == (stop - 1) // n0
         assert stop - start <= max(rows, n0) if rows >= n0 else stop - start <= rows
+
+
+class LiveTensorBytes(torch.utils._python_dispatch.TorchDispatchMode):
+    """The peak bytes of tensor storages created while active and still alive, op by op: what a recording holds
+    beyond its inputs (views and in-place results of existing tensors are not new)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak = {}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._pytree import tree_leaves
+
+        out = func(*args, **(kwargs or {}))
+        self.live = {key: v for key, v in self.live.items() if not v[0].expired()}
+        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and (key := t.untyped_storage()._cdata) not in self.live.keys() | inputs:
+                self.live[key] = (StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes())
+        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+        return out
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("tile_rows", [8, 120])  # a slice of a frame, and two whole frames
+def test_recording_stays_within_the_stated_memory_bound(portable, tile_rows):
+    from diffusers import WanTransformer3DModel
+
+    from ffstudy.probe import recording_bytes
+
+    torch.manual_seed(0)
+    heads, dim, grid = 4, 32, (5, 6, 10)  # 60 first-frame tokens, 300 in all
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=dim,
+                                  in_channels=36, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=64,
+                                  num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads").eval()
+    n0, tokens = grid[1] * grid[2], grid[0] * grid[1] * grid[2]
+    keys = max(n0, 4096) if portable else n0
+    tile_bytes = 4 * heads * tile_rows * keys
+    probe = FirstFrameProbe(model, fused_lse=not portable, tile_bytes=tile_bytes)
+    peaks, record = [], probe._record_self_attention
+
+    def tracked(*args):
+        with LiveTensorBytes() as live:
+            record(*args)
+        peaks.append(live.peak)
+
+    probe._record_self_attention = tracked
+    hidden = torch.randn(1, 36, grid[0], 2 * grid[1], 2 * grid[2])
+    with torch.no_grad(), probe:
+        model(hidden, torch.tensor([500.0]), torch.randn(1, 8, 32), return_dict=False)
+    bound = recording_bytes(heads, dim, n0, tokens, entities=1, tile_bytes=tile_bytes, portable=portable)
+    assert len(peaks) == 1 and peaks[0] <= bound
+    assert peaks[0] >= 4 * heads * min(tile_rows, tokens - n0) * min(keys, tokens)  # the tile is formed
+    if tile_rows > n0:  # where the tile dominates, the bound is close to what is held (float32: no copies)
+        assert bound <= 1.5 * peaks[0]
+
+
+def test_fused_kernel_is_checked_for_each_shape():
+    """A build can choose another attention kernel for another sequence length, so the probe checks which fused
+    kernel equals the stock one for each (device, dtype, backend, shapes), not once per process."""
+    from diffusers import WanTransformer3DModel
+
+    from ffstudy.probe import _STOCK_KERNEL
+
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
+                                  in_channels=36, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32,
+                                  num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads").eval()
+    _STOCK_KERNEL.clear()
+    for frames in (2, 3):
+        with torch.no_grad(), FirstFrameProbe(model):
+            model(torch.randn(1, 36, frames, 4, 6), torch.tensor([500.0]), torch.randn(1, 8, 32), return_dict=False)
+    assert sorted(key[3][1] for key in _STOCK_KERNEL) == [12, 18]  # query tokens of each shape
+    assert set(_STOCK_KERNEL.values()) == {"flash_cpu"}
