@@ -237,6 +237,8 @@ class ProbeResult:
     attention: np.ndarray | None = None  # (R, heads, (F-1)*h*w, h*w) raw first-frame slice, keep_attention=True
     text_records: list[dict] = field(default_factory=list)
     text_mass: np.ndarray | None = None  # (R_text, F*h*w, 3): trigger / caption / padding
+    entity_area: np.ndarray | None = None  # (E,) first-frame tokens each entity covers (soft masks summed)
+    entity_rgb: list | None = None  # per entity, its median colour in the first frame (None without a composite)
 
     @property
     def num_frames(self) -> int:
@@ -280,9 +282,18 @@ class ProbeResult:
         _, h, w = self.grid
         return self.entity_mass[self.select(**selection), self._frame_index(frame)].mean(0).reshape(h, w, -1)
 
-    def who_retrieves_what(self, frame: int, **selection) -> np.ndarray:
-        """(rows, cols) index into :attr:`entity_names` of the first-frame entity each token reads most."""
-        return self.entity_maps(frame, **selection).argmax(-1)
+    def who_retrieves_what(self, frame: int, per: str = "area", **selection) -> np.ndarray:
+        """(rows, cols) index into :attr:`entity_names` of the first-frame entity each token reads most densely:
+        its mass divided by the entity's area in tokens (``per="area"``). ``per="mass"`` takes the most total mass,
+        which the background, covering most of the frame, wins for almost every token."""
+        maps = self.entity_maps(frame, **selection)
+        if per == "mass":
+            return maps.argmax(-1)
+        if per != "area":
+            raise ValueError(f"per={per!r}: use 'area' (mass per token of entity area) or 'mass' (total mass)")
+        if self.entity_area is None:
+            raise ValueError("this result has no entity areas (saved by an older ffstudy): use per='mass'")
+        return (maps / np.maximum(self.entity_area, 1e-6)).argmax(-1)
 
     def reverse_map(self, frame: int, **selection) -> np.ndarray:
         """(rows, cols) over the first frame: mean attention latent ``frame``'s queries put on each token."""
@@ -306,11 +317,12 @@ class ProbeResult:
         directory = Path(directory)
         arrays = {k: np.ascontiguousarray(v) for k, v in dict(
             entity_mass=self.entity_mass, reverse=self.reverse, head_entity_mass=self.head_entity_mass,
-            attention=self.attention, text_mass=self.text_mass).items() if v is not None}
+            attention=self.attention, text_mass=self.text_mass, entity_area=self.entity_area).items() if v is not None}
         with atomic_path(directory / "probe.safetensors") as tmp:
             save_file(arrays, str(tmp))
         write_json(directory / "probe.json", {"grid": list(self.grid), "entity_names": self.entity_names,
-                                              "records": self.records, "text_records": self.text_records})
+                                              "records": self.records, "text_records": self.text_records,
+                                              "entity_rgb": self.entity_rgb})
         return directory
 
     @classmethod
@@ -324,7 +336,19 @@ class ProbeResult:
         arrays = load_file(str(directory / "probe.safetensors"))
         return cls(tuple(meta["grid"]), meta["entity_names"], meta["records"], arrays["entity_mass"],
                    arrays["reverse"], arrays.get("head_entity_mass"), arrays.get("attention"),
-                   meta["text_records"], arrays.get("text_mass"))
+                   meta["text_records"], arrays.get("text_mass"), arrays.get("entity_area"), meta.get("entity_rgb"))
+
+
+def _median_colours(composite, names: list[str]) -> list:
+    """Each entity's median RGB over its pixels in the composite (None for an entity with no pixels)."""
+    image, labels = np.asarray(composite.image.convert("RGB")), composite.labels
+    index = {name: i for i, name in enumerate(composite.names)}
+    colours = []
+    for name in names:
+        i = index[name]
+        pixels = image[labels == (i + 1 if i < len(composite.entities) else 0)]
+        colours.append([int(v) for v in np.median(pixels, axis=0)] if len(pixels) else None)
+    return colours
 
 
 def _as_set(value) -> set:
@@ -369,7 +393,7 @@ class FirstFrameProbe:
         self._saved, self._call, self._last_t, self._step, self._masks = {}, None, None, -1, None
         self._rows: dict[str, list] = {k: [] for k in ("records", "entity", "reverse", "head", "attention",
                                                          "text_records", "text")}
-        self._grid = None
+        self._grid, self._rgb = None, None
         self.result: ProbeResult | None = None
 
     @staticmethod
@@ -436,6 +460,7 @@ class FirstFrameProbe:
                 names = list(masks)
                 matrix = np.stack([masks[n].reshape(-1) for n in names], axis=1)
             self._masks = (names, torch.from_numpy(matrix))
+            self._rgb = _median_colours(composite, names) if self.composite is not None else None
         return self._masks[0], self._masks[1].to(device)
 
     @torch.no_grad()
@@ -490,4 +515,5 @@ class FirstFrameProbe:
             return None
         stack = lambda key: torch.stack(rows[key]).numpy() if rows[key] else None  # noqa: E731
         return ProbeResult(self._grid, list(self._masks[0]), rows["records"], stack("entity"), stack("reverse"),
-                           stack("head"), stack("attention"), rows["text_records"], stack("text"))
+                           stack("head"), stack("attention"), rows["text_records"], stack("text"),
+                           self._masks[1].sum(0).cpu().numpy(), self._rgb)

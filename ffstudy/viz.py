@@ -15,13 +15,21 @@ _BACKGROUND_COLOUR, _FILLER_COLOUR = (77, 175, 74), (175, 175, 175)
 # website's ~700 px column shows at more than half size (tests/test_notebooks.py checks the stored figures)
 MAX_FIGURE_INCHES = 12.0
 
-def entity_colours(names: list[str]) -> dict[str, tuple[int, int, int]]:
-    """A stable colour per entity: objects from a qualitative palette, background green, white filler grey."""
+def entity_colours(names: list[str], rgb: list | None = None) -> dict[str, tuple[int, int, int]]:
+    """A stable colour per entity: each object its own colour where ``rgb`` gives it (a probe result's
+    ``entity_rgb``: the median colour of its pixels), else one from a qualitative palette; background green,
+    white filler grey."""
     colours, objects = {}, iter(_PALETTE)
-    for name in names:
+    for i, name in enumerate(names):
+        own = rgb[i] if rgb is not None and i < len(rgb) else None
         colours[name] = (_BACKGROUND_COLOUR if name == "background" else _FILLER_COLOUR if name == FILLER
-                         else next(objects, (0, 0, 0)))
+                         else tuple(own) if own is not None else next(objects, (0, 0, 0)))
     return colours
+
+
+def result_colours(result) -> dict[str, tuple[int, int, int]]:
+    """:func:`entity_colours` of a probe result's entities, in their own colours where it recorded them."""
+    return entity_colours(result.entity_names, getattr(result, "entity_rgb", None))
 
 
 def _axes(ax, figsize=(6, 4)):
@@ -58,7 +66,7 @@ def plot_retrieval_curves(result, over: str = "frame", ax=None, **selection):
     """Mean first-frame attention mass per query token, one line per entity plus the total."""
     ax = _axes(ax)
     x, curves = result.retrieval_curves(over, **selection)
-    colours = entity_colours(result.entity_names)
+    colours = result_colours(result)
     for name, values in curves.items():
         style = dict(color="black", ls="--") if name == "total" else dict(color=np.array(colours[name]) / 255)
         ax.plot(x, values, marker="o", label=name, **style)
@@ -86,9 +94,8 @@ def pixel_frame(latent_frame: int, temporal_stride: int = 4) -> int:
     return latent_frame * temporal_stride
 
 
-def _tint(picture: np.ndarray, labels: np.ndarray, names: list[str], alpha: float) -> np.ndarray:
-    colours = entity_colours(names)
-    lut = np.array([colours[n] for n in names], np.uint8)
+def _tint(picture: np.ndarray, labels: np.ndarray, colours: dict, alpha: float) -> np.ndarray:
+    lut = np.array(list(colours.values()), np.uint8)
     tint = np.asarray(Image.fromarray(lut[labels]).resize(picture.shape[1::-1], Image.NEAREST), np.float32)
     return ((1 - alpha) * np.asarray(picture, np.float32) + alpha * tint).round().astype(np.uint8)
 
@@ -96,9 +103,9 @@ def _tint(picture: np.ndarray, labels: np.ndarray, names: list[str], alpha: floa
 def who_retrieves_what_overlay(result, frame: int, video: np.ndarray, alpha: float = 0.55,
                                **selection) -> np.ndarray:
     """Decoded frame ``pixel_frame(frame)`` of the full video (transition included), each token tinted with
-    the colour of the first-frame entity it reads most."""
+    the colour of the first-frame entity it reads most densely (mass per token of the entity's area)."""
     picture = video[min(pixel_frame(frame), len(video) - 1)]
-    return _tint(picture, result.who_retrieves_what(frame, **selection), result.entity_names, alpha)
+    return _tint(picture, result.who_retrieves_what(frame, **selection), result_colours(result), alpha)
 
 
 def plot_who_retrieves_what(result, video: np.ndarray, frames=None, **selection):
@@ -112,28 +119,61 @@ def plot_who_retrieves_what(result, video: np.ndarray, frames=None, **selection)
         ax.imshow(who_retrieves_what_overlay(result, frame, video, **selection))
         ax.set_title(f"latent frame {frame}", fontsize=9)
         ax.set_axis_off()
-    fig.legend(handles=_legend_handles(entity_colours(result.entity_names)), loc="lower center",
+    fig.legend(handles=_legend_handles(result_colours(result)), loc="lower center",
                ncol=len(result.entity_names), fontsize=8)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 
 def plot_reverse_maps(result, first_frame, frames=None, **selection):
-    """Heatmaps over the first frame: how strongly each of its tokens is read by later frames."""
+    """Heatmaps over the first frame: how strongly each of its tokens is read by later frames, on one colour
+    scale for the whole figure so that panels compare."""
     import matplotlib.pyplot as plt
 
     image = first_frame.image if isinstance(first_frame, Composite) else first_frame
     frames = list(frames or range(1, result.num_frames))
+    heats = {frame: result.reverse_map(frame, **selection) for frame in frames}
+    top = max(float(h.max()) for h in heats.values())
     fig, axes = plt.subplots(1, len(frames), figsize=(min(3.2 * len(frames), MAX_FIGURE_INCHES), 2.6),
                              squeeze=False)
     for ax, frame in zip(axes[0], frames):
-        heat = result.reverse_map(frame, **selection)
         ax.imshow(image)
-        shown = ax.imshow(heat, cmap="magma", alpha=0.6, extent=(0, image.width, image.height, 0))
+        shown = ax.imshow(heats[frame], cmap="magma", alpha=0.6, vmin=0, vmax=top,
+                          extent=(0, image.width, image.height, 0))
         ax.set_title(f"read by latent frame {frame}", fontsize=9)
         ax.set_axis_off()
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
     fig.tight_layout()
+    fig.colorbar(shown, ax=list(axes[0]), fraction=0.02, pad=0.01, label="mean attention")
+    return fig
+
+
+def plot_offset_attention(result, frame: int, steps=None):
+    """Per probed block, the mean attention weight of latent ``frame``'s queries on first-frame keys at each
+    key-minus-query offset (centre: the same place): the position-only model of the attention, which content
+    retrieval has to beat. One colour scale for the figure. Needs a probe run with ``keep_attention=True``."""
+    import matplotlib.pyplot as plt
+
+    from .retrieval import offset_means
+
+    if result.attention is None:
+        raise ValueError("this probe result has no raw attention: probe with keep_attention=True (small models)")
+    f, h, w = result.grid
+    blocks = sorted({r["block"] for r in result.records})
+    maps = []
+    for block in blocks:
+        keep = result.select(blocks=block, steps=steps)
+        attention = result.attention[keep].mean((0, 1)).reshape(f - 1, h * w, h * w)[result._frame_index(frame)]
+        maps.append(offset_means(attention, h, w))
+    top = max(float(m.max()) for m in maps)
+    fig, axes = plt.subplots(1, len(blocks), figsize=(min(2.4 * len(blocks), MAX_FIGURE_INCHES), 2.4), squeeze=False)
+    for ax, block, m in zip(axes[0], blocks, maps):
+        shown = ax.imshow(m, cmap="viridis", vmin=0, vmax=top, extent=(-w + 0.5, w - 0.5, h - 0.5, -h + 0.5))
+        ax.set_title(f"block {block}", fontsize=9)
+        ax.set_xlabel("column offset", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("row offset", fontsize=8)
+    fig.tight_layout()
+    fig.colorbar(shown, ax=list(axes[0]), fraction=0.02, pad=0.01, label="mean attention weight")
     return fig
 
 
@@ -142,8 +182,9 @@ def who_retrieves_what_animation(result, video: np.ndarray, alpha: float = 0.55,
     """Frames for ``mediapy.show_video``: every pixel frame after the first (full video, transition included)
     tinted by the retrieval map of the latent frame it belongs to."""
     maps = {t: result.who_retrieves_what(t, **selection) for t in range(1, result.num_frames)}
+    colours = result_colours(result)
     return np.stack([_tint(video[i], maps[min(result.num_frames - 1, (i - 1) // temporal_stride + 1)],
-                           result.entity_names, alpha) for i in range(1, len(video))])
+                           colours, alpha) for i in range(1, len(video))])
 
 
 def contact_sheet(rows: list[tuple[str, np.ndarray]], every: int = 4, gap: int = 4,

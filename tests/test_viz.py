@@ -25,11 +25,42 @@ def test_overlay_colours_tokens_by_their_argmax_entity(probed):
     result, video = probed
     overlay = viz.who_retrieves_what_overlay(result, 1, video.full, alpha=1.0)
     labels = result.who_retrieves_what(1)
-    colours = viz.entity_colours(result.entity_names)
+    colours = viz.result_colours(result)
     assert overlay.shape == video.full.shape[1:]
     assert tuple(overlay[8, 8]) == colours[result.entity_names[labels[0, 0]]]  # token (0, 0) covers pixels 0..15
     blended = viz.who_retrieves_what_overlay(result, 1, video.full, alpha=0.0)
     assert np.array_equal(blended, video.full[viz.pixel_frame(1)])
+
+
+def test_entities_are_drawn_in_their_own_colours(probed):
+    result, _ = probed
+    star = viz.result_colours(result)["star"]
+    assert np.abs(np.array(star) - (220, 30, 40)).max() <= 10  # the cut-out's red, not a palette colour
+    assert viz.result_colours(result)["background"] == (77, 175, 74)
+
+
+def test_who_retrieves_what_divides_by_entity_area(probed):
+    """The background covers most of the frame and collects most of any evenly spread attention, so 'most total
+    mass' labels almost every token background; per token of area, a token reading the star densely is the star's."""
+    result, _ = probed
+    f, h, w = result.grid
+    star, background = result.entity_names.index("star"), result.entity_names.index("background")
+    result.entity_mass[:] = 0
+    result.entity_mass[:, :, :, background] = 0.5  # spread over the background's many tokens
+    result.entity_mass[:, :, 0, star] = 0.2  # token 0 reads the small star densely
+    assert result.who_retrieves_what(1, per="mass")[0, 0] == background
+    assert result.who_retrieves_what(1)[0, 0] == star
+    assert (result.who_retrieves_what(1).ravel()[1:] == background).all()
+    with pytest.raises(ValueError, match="per='volume'"):
+        result.who_retrieves_what(1, per="volume")
+
+
+def test_reverse_maps_share_one_colour_scale(probed):
+    result, video = probed
+    figure = viz.plot_reverse_maps(result, video.first_frame)
+    heat = [image for ax in figure.axes for image in ax.get_images()[1:]]
+    assert len({image.get_clim() for image in heat}) == 1 and len(heat) == result.num_frames - 1
+    assert sum(ax.get_label() == "<colorbar>" for ax in figure.axes) == 1
 
 
 def test_animation_has_one_frame_per_pixel_frame_after_the_first(probed):
@@ -59,3 +90,17 @@ def test_cli_probe_writes_result_and_figures(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     result = ProbeResult.load(out / "probe")
     assert {r["step"] for r in result.records} == {0, 2} and result.text_mass is not None
+
+
+def test_offset_attention_has_one_scale_and_needs_raw_attention(probed, tiny_pipe, cutout, plate):
+    result, _ = probed
+    with pytest.raises(ValueError, match="keep_attention=True"):
+        viz.plot_offset_attention(result, 1)
+    pipe = tiny_pipe()
+    comp = compose_first_frame({"star": cutout}, plate)
+    with FirstFrameProbe(pipe, comp, keep_attention=True, steps=[0]) as probe:
+        generate(pipe, comp, "a star", num_inference_steps=2, progress=False)
+    figure = viz.plot_offset_attention(probe.result, 1)
+    images = [image for ax in figure.axes for image in ax.get_images()]
+    f, h, w = probe.result.grid
+    assert len({image.get_clim() for image in images}) == 1 and images[0].get_array().shape == (2 * h - 1, 2 * w - 1)
