@@ -134,7 +134,7 @@ def plot_reverse_maps(result, first_frame, frames=None, **selection):
     frames = list(frames or range(1, result.num_frames))
     heats = {frame: result.reverse_map(frame, **selection) for frame in frames}
     top = max(float(h.max()) for h in heats.values())
-    fig, axes = plt.subplots(1, len(frames), figsize=(min(3.2 * len(frames), MAX_FIGURE_INCHES), 2.6),
+    fig, axes = plt.subplots(1, len(frames), figsize=(min(3.2 * len(frames), MAX_FIGURE_INCHES - 1), 2.6),
                              squeeze=False)
     for ax, frame in zip(axes[0], frames):
         ax.imshow(image)
@@ -142,7 +142,7 @@ def plot_reverse_maps(result, first_frame, frames=None, **selection):
                           extent=(0, image.width, image.height, 0))
         ax.set_title(f"read by latent frame {frame}", fontsize=9)
         ax.set_axis_off()
-    fig.tight_layout()
+    fig.tight_layout()  # the colour bar takes the inch kept free
     fig.colorbar(shown, ax=list(axes[0]), fraction=0.02, pad=0.01, label="mean attention")
     return fig
 
@@ -165,7 +165,7 @@ def plot_offset_attention(result, frame: int, steps=None):
         attention = result.attention[keep].mean((0, 1)).reshape(f - 1, h * w, h * w)[result._frame_index(frame)]
         maps.append(offset_means(attention, h, w))
     top = max(float(m.max()) for m in maps)
-    fig, axes = plt.subplots(1, len(blocks), figsize=(min(2.4 * len(blocks), MAX_FIGURE_INCHES), 2.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(blocks), figsize=(min(2.4 * len(blocks), MAX_FIGURE_INCHES - 1), 2.4), squeeze=False)
     for ax, block, m in zip(axes[0], blocks, maps):
         shown = ax.imshow(m, cmap="viridis", vmin=0, vmax=top, extent=(-w + 0.5, w - 0.5, h - 0.5, -h + 0.5))
         ax.set_title(f"block {block}", fontsize=9)

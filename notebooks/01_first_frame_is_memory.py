@@ -149,7 +149,9 @@ for name, row in rows.items():
 # chapter 2. The normaliser is the full softmax over *all* keys: its log-sum-exp comes from the same fused attention
 # kernel that computes the block's output, so the model's output stays bit-identical, and only the first-frame key
 # columns are ever materialised, a query chunk at a time. `tests/test_probe.py` checks it against a float64 full
-# softmax to 1e-5; `benchmarks/probe_overhead.py` measures 1.19× time and no extra peak memory at 25,200 tokens.
+# softmax to 1e-5 and its memory against a stated bound; at 25,200 tokens on a 2-core CPU
+# `benchmarks/probe_overhead.py` measured its cost within the machine's run-to-run noise (median 0.93× of three
+# paired runs) and 0.004 GiB of extra peak memory, where storing the attention maps would take 57 GiB.
 
 # %%
 x, curves = result.retrieval_curves("frame")
@@ -161,8 +163,9 @@ plt.show()
 # %% [markdown]
 # ## Who retrieves what
 #
-# For each later-frame token, the first-frame entity it reads most, tinted over the generated frame. A token on a
-# sprite that reads *that sprite* in frame 0 is the memory at work.
+# For each later-frame token, the first-frame entity it reads most densely (its attention mass on the entity
+# divided by the entity's area in tokens, as the next section explains), tinted in that entity's own colour over
+# the generated frame. A token on a sprite that reads *that sprite* in frame 0 looks like the memory at work.
 
 # %%
 viz.plot_who_retrieves_what(result, video.full)
@@ -202,8 +205,10 @@ for name, c in (("no cut", clip), ("with a cut", cut_clip)):
 # of its first-frame attention over the background, which is most of frame 0. **Per token of area** the picture
 # flips: in every block, tokens on a sprite read *their own* sprite more often than chance (here 2 to 4 times as
 # often), and they still do after the cut, when the sprite has jumped
-# somewhere else in a new scene — the only place the model can have found it is frame 0. This is the memory FFGo
-# builds on.
+# somewhere else in a new scene. Two questions remain before calling this memory: is a token reading *what* the
+# sprite is, or only *where* things were in frame 0 (attention in Wan depends on the query-key offset)? And does the
+# model use what it reads? Chapter 7 subtracts what position alone predicts and removes a sprite's first-frame keys
+# to find out.
 
 # %%
 cut_result = probe_clip(pipe, cut_clip, 0.6)
@@ -219,7 +224,7 @@ plt.show()
 # - `FirstFrameProbe` records that mass exactly, from the same logits the model uses, in bounded memory: it never
 #   forms the tokens × tokens attention matrix.
 # - On SpriteWorld, tokens on a sprite read that sprite's first-frame footprint most densely far above chance; after
-#   a hard cut the sprites reappear elsewhere, still read from frame 0.
+#   a hard cut the sprites reappear elsewhere, still read from frame 0 (chapter 7: beyond what position explains).
 # - Attention maps are correlational: they show where a frame looks, not that what it reads causes what it draws.
 #
 # ## Questionnaire

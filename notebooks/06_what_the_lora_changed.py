@@ -126,7 +126,8 @@ plt.show()
 # %% [markdown]
 # ## Who retrieves what, before and after
 #
-# The first composite, both videos (transition included), each token tinted by the first-frame entity it reads most.
+# The first composite, both videos (transition included), each token tinted by the first-frame entity it reads
+# most densely (mass per token of the entity's area, chapter 1), in that entity's own colour.
 
 # %%
 for name in runs:

@@ -384,6 +384,14 @@ def _ci(values, digits: int = 3, percent: bool = False) -> str:
     return f"{mean:.{digits}f} ({low:.{digits}f} to {high:.{digits}f})"
 
 
+def _points(values) -> str:
+    """A paired change in percentage points with its interval, e.g. −13 (−20 to −6) points."""
+    if values is None:
+        return "n/a"
+    mean, low, high = (round(v * 100) + 0 for v in values)  # + 0: no "-0"
+    return f"{mean:+d} ({low:+d} to {high:+d}) points"
+
+
 def render_memory(memory: dict) -> str:
     """The card's section on whether the first frame is memory: position-controlled retrieval per block and noise
     level beside the shuffled control, and the knock-out, dose and per-block interventions."""
@@ -417,17 +425,17 @@ def render_memory(memory: dict) -> str:
         out.append(f"\n{setting}, interventions at σ = {sigma} ({knock['clips']} clips): share of the later frames in which "
                    "sprite 1 (its first-frame keys reweighted by α for later frames, in every block) and the clip's "
                    "other sprites are found as objects in the predicted video. α = 1 is the model unchanged; the "
-                   "control removes as many first-frame background keys, away from every sprite.\n")
-        out.append("| condition | sprite 1 found | other sprites found |\n|---|---|---|")
-        for alpha, row in knock["alpha"].items():
-            label = {"0.0": "α = 0 (knock-out)", "1.0": "α = 1 (unchanged)"}.get(alpha, f"α = {float(alpha):g}")
-            out.append(f"| {label} | {_ci(row['target'], percent=True)} | {_ci(row['others'], percent=True)} |")
-        row = knock["background control"]
-        out.append(f"| control: background keys removed | {_ci(row['target'], percent=True)} | "
-                   f"{_ci(row['others'], percent=True)} |")
-        for block, row in knock["block"].items():
-            out.append(f"| knock-out in block {block} only | {_ci(row['target'], percent=True)} | "
-                       f"{_ci(row['others'], percent=True)} |")
+                   "control removes as many first-frame background keys, away from every sprite. The changes are "
+                   "paired: each clip against itself unchanged.\n")
+        out.append("| condition | sprite 1 found | change, same clips | other sprites found | change, same clips |\n"
+                   "|---|---|---|---|---|")
+        rows = [({"0.0": "α = 0 (knock-out)", "1.0": "α = 1 (unchanged)"}.get(a, f"α = {float(a):g}"), row)
+                for a, row in knock["alpha"].items()]
+        rows.append(("control: background keys removed", knock["background control"]))
+        rows += [(f"knock-out in block {b} only", row) for b, row in knock["block"].items()]
+        for label, row in rows:
+            out.append(f"| {label} | {_ci(row['target'], percent=True)} | {_points(row['target_change'])} | "
+                       f"{_ci(row['others'], percent=True)} | {_points(row['others_change'])} |")
     generation = memory.get("generation")
     if generation:
         amp, surv = generation["amplification"], generation["survival"]

@@ -210,34 +210,37 @@ def plot_retrieval_by_block(memory: dict, sigma: str | None = None):
 
 
 def plot_interventions(memory: dict):
-    """Sprite 1 found after its keys are reweighted by α (dose-response), and after a knock-out in one block only,
-    against the other sprites and the background control: one row of panels per setting."""
+    """Paired change (same clips, against the unchanged model) in how often sprite 1 and the other sprites are found
+    after sprite 1's keys are reweighted by α (dose-response, with the background-keys control), and after a
+    knock-out in one block only: one row of panels per setting, 95% intervals."""
     import matplotlib.pyplot as plt
+
+    def bars(values):
+        values = 100 * np.array(values)
+        return values[:, 0], [values[:, 0] - values[:, 1], values[:, 2] - values[:, 0]]
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharey=True)
     for row, (setting, results) in zip(axes, memory["settings"].items()):
         knock = results["knockout"]
-        alphas = [float(a) for a in knock["alpha"]]
-        for key, label, colour in (("target", "sprite 1 (reweighted)", "tab:red"), ("others", "other sprites", "tab:blue")):
-            values = np.array([knock["alpha"][a][key] or [np.nan] * 3 for a in knock["alpha"]])
-            row[0].errorbar(range(len(alphas)), values[:, 0], yerr=[values[:, 0] - values[:, 1], values[:, 2] - values[:, 0]],
-                            fmt="o-", capsize=3, color=colour, label=label)
-        control = knock["background control"]["target"]
-        row[0].axhline(control[0], color="grey", ls="--", label="sprite 1, background keys removed")
-        row[0].set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
-        row[0].set_xlabel("α on sprite 1's first-frame keys")
-        row[0].set_title(f"{setting}: dose-response", fontsize=10)
+        alphas = list(knock["alpha"])
+        x = np.arange(len(alphas) + 1)
+        for key, label, colour, shift in (("target_change", "sprite 1", "tab:red", -0.1),
+                                          ("others_change", "other sprites", "tab:blue", 0.1)):
+            mean, err = bars([knock["alpha"][a][key] for a in alphas] + [knock["background control"][key]])
+            row[0].errorbar(x + shift, mean, yerr=err, fmt="o", capsize=3, color=colour, label=label)
+        row[0].set_xticks(x, [f"α = {float(a):g}" for a in alphas] + ["control"], fontsize=8)
+        row[0].set_title(f"{setting}: sprite 1's keys × α (control: background keys removed)", fontsize=9)
         blocks = list(knock["block"])
-        values = np.array([knock["block"][b]["target"] for b in blocks])
-        row[1].bar(range(len(blocks)), values[:, 0], yerr=[values[:, 0] - values[:, 1], values[:, 2] - values[:, 0]],
-                   color="tab:red", alpha=0.7, capsize=3)
-        row[1].axhline(knock["alpha"]["1.0"]["target"][0], color="black", ls="--", label="unchanged model")
+        mean, err = bars([knock["block"][b]["target_change"] for b in blocks])
+        row[1].bar(range(len(blocks)), mean, yerr=err, color="tab:red", alpha=0.7, capsize=3)
         row[1].set_xticks(range(len(blocks)), blocks)
-        row[1].set_xlabel("knock-out in this block only")
-        row[1].set_title(f"{setting}: which block carries it", fontsize=10)
-        row[0].set_ylabel("share of later frames found")
+        row[1].set_xlabel("sprite 1's keys removed in this block only")
+        row[1].set_title(f"{setting}: which block carries it", fontsize=9)
+        row[0].set_ylabel("change in frames found (points)")
+        for ax in row:
+            ax.axhline(0, color="black", lw=0.8)
+            ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    axes[0][1].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -259,18 +262,27 @@ def summarise_retrieval(per_clip: list[dict[int, dict]]) -> dict:
 
 
 def summarise_knockouts(rows: list[dict]) -> dict:
-    """Mean and 95% interval over clips of each condition's found shares."""
+    """Per condition, mean and 95% interval over clips of the found shares (``target``, ``others``) and of their
+    paired change from the unchanged model on the same clip (``target_change``, ``others_change``)."""
     def pooled(get):
         values = [v for v in (get(r) for r in rows) if v is not None]
         return interval(values) if values else None
 
+    def change(row, unchanged, key):
+        return None if row[key] is None else row[key] - unchanged[key]
+
+    def summary(get):
+        out = {k: pooled(lambda r, k=k: get(r)[k]) for k in ("target", "others")}
+        out.update({f"{k}_change": pooled(lambda r, k=k: change(get(r), r["alpha"]["1.0"], k))
+                    for k in ("target", "others")})
+        return out
+
     out = {"clips": len(rows), "alpha": {}, "block": {}}
     for alpha in ALPHAS:
-        out["alpha"][str(alpha)] = {k: pooled(lambda r, a=str(alpha), k=k: r["alpha"][a][k])
-                                    for k in ("target", "others")}
-    out["background control"] = {k: pooled(lambda r, k=k: r["background control"][k]) for k in ("target", "others")}
+        out["alpha"][str(alpha)] = summary(lambda r, a=str(alpha): r["alpha"][a])
+    out["background control"] = summary(lambda r: r["background control"])
     for block in rows[0]["block"]:
-        out["block"][block] = {k: pooled(lambda r, b=block, k=k: r["block"][b][k]) for k in ("target", "others")}
+        out["block"][block] = summary(lambda r, b=block: r["block"][b])
     return out
 
 
