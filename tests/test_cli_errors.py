@@ -245,20 +245,20 @@ if __name__ == "__main__":  # python -m tests.test_cli_errors [SKIP ...]: count 
     import tempfile
     import traceback
 
-    workspace = prepare(Path(tempfile.mkdtemp()))
+    folder = prepare(Path(tempfile.mkdtemp()))
     skip = sys.argv[1:]  # parts of case names not to run (an old checkout samples 4096x4096 for minutes)
     counts = {"clear error": 0, "traceback": 0, "exit 0 (silent)": 0, "other": 0}
     for name, argv, _ in CASES:
         if any(part in name for part in skip):
             print(f"{'skipped':<16} {name}")
             continue
-        before = tree_digest(workspace)
+        before = tree_digest(folder)
         try:
-            code, err = run_case(argv, workspace)
+            code, err = run_case(argv, folder)
             outcome = "exit 0 (silent)" if code == 0 else "clear error" if code == 2 else "other"
         except Exception:  # noqa: BLE001 - an escaping exception is what this counts
             outcome, err = "traceback", traceback.format_exc(limit=1)
-        changed = tree_digest(workspace) != before
+        changed = tree_digest(folder) != before
         counts[outcome] += 1
         print(f"{outcome:<16} {'inputs changed ' if changed else ''}{name}: {err.strip().splitlines()[-1:] or ''}")
     print(counts, file=sys.stderr)

@@ -40,7 +40,7 @@ def test_deterministic_for_a_seed_and_dropping_is_a_slice(tiny_pipe, composite):
 def test_trigger_added_once_and_normalised():
     assert with_trigger("a cat") == f"{TRIGGER} a cat"
     assert with_trigger(f"{TRIGGER}  a   cat") == f"{TRIGGER} a cat"
-    assert with_trigger(f"  ad23r2  the camera view suddenly changes.\n a cat").count("ad23r2") == 1
+    assert with_trigger("  ad23r2  the camera view suddenly changes.\n a cat").count("ad23r2") == 1
     assert with_trigger("a cat", trigger=None) == "a cat"
 
 
