@@ -58,12 +58,12 @@ SIGMA = 0.6       # the noise level of the teacher-forced pass
 import json
 
 import matplotlib.pyplot as plt
-import numpy as np
 
 from ffstudy import course, load_pipeline, viz
 from ffstudy.intervene import FirstFrameIntervention, entity_keys
 from ffstudy.models import SPRITEWORLD_DIR
 from ffstudy.probe import FirstFrameProbe
+from ffstudy.retrieval import position_prediction
 from ffstudy.spriteworld import memory
 from ffstudy.spriteworld.metrics import first_frame_entities
 from ffstudy.spriteworld.world import generate_clip
@@ -72,7 +72,8 @@ course.setup()
 pipe = load_pipeline("spriteworld")
 clip = generate_clip(SEED, cut=True)
 entities = first_frame_entities(clip)
-print(clip.caption, "| cut at frame", clip.cut_frame, "| sprite 1:", clip.sprites[0].name)
+print(clip.caption, "| cut at frame", clip.cut_frame)
+print("sprite 1 (index 0 in the code; blocks count from 0):", clip.sprites[0].name)
 
 # %% tags=["nbval-ignore-output"]
 course.show_video(clip.frames, title="the held-out clip: after the cut, the same sprites elsewhere in a new scene")
@@ -84,7 +85,8 @@ course.show_video(clip.frames, title="the held-out clip: after the cut, the same
 # raw first-frame attention (`keep_attention=True`: heads × later tokens × first-frame tokens, small for this
 # model). The **position-only model** replaces every weight by the mean weight of all query-key pairs at the same
 # offset (same row and column shift), fitted per block and per later frame on this very pass. Its whole content is
-# a small map of weight against offset:
+# a small map of weight against offset — here for latent frame 4 (pixel frames 13–16), averaged over heads and over
+# all of that frame's queries:
 
 # %%
 encoded = memory.encode(pipe, clip.frames, clip.caption)
@@ -98,23 +100,40 @@ viz.plot_offset_attention(result, frame=f - 1)
 plt.show()
 
 # %% [markdown]
-# Where the map peaks at the centre, a block reads mostly *the same place* in frame 0; the brighter the centre, the
-# more of chapter 1's "retrieval" position alone explains. Now the measure: for the later tokens on sprite k, the
-# mass they put on sprite k's first-frame keys (**observed**), what the position-only model predicts
-# (**position**), and the difference (**content**). Only frames after the cut count, where each sprite sits
-# somewhere else than in frame 0. The **shuffled control** reads the same tokens against another sprite's keys.
+# A bright centre means a block reads mostly *the same place* in frame 0; stripes along offset 0 mean the same
+# column or the same row; block 1's peak sits a few columns to the right, a fixed shift whatever is there. None of
+# this depends on content, and in plain image-to-video, where a sprite stays put, it would pass for retrieval. After
+# the cut the sprite is elsewhere, so a block that reads it there must be reading *what* it is. The model is fitted
+# on the same attention, sprite tokens included, so anything systematic (a drift all sprites share) counts as
+# position: the baseline is conservative.
+#
+# The position-only model is one function, and it reproduces every weight from the offset map:
+
+# %%
+attention = result.attention[0].mean(0).reshape(f - 1, h * w, h * w)  # block 0, head mean, per later frame
+predicted = position_prediction(attention, h, w)
+print(f"block 0: attention {attention.shape}, position-only model {predicted.shape}, "
+      f"the share it explains (1 − residual/total variance): {1 - (attention - predicted).var() / attention.var():.2f}")
+
+# %% [markdown]
+# Now the measure: for the later tokens on sprite k, the mass they put on sprite k's first-frame keys
+# (**observed**), what the position-only model predicts (**position**), and the difference (**content**). Only
+# frames after the cut count, where each sprite sits somewhere else than in frame 0. The **shuffled control** reads
+# the same tokens against another sprite's keys.
 
 # %%
 rows = memory.retrieval_rows(pipe, clip, encoded, entities, ffgo=False, sigma=SIGMA)
 for block, row in rows.items():
     own, shuffled = row["own"], row["shuffled"]
     line = f"block {block}: observed {own['observed']:.3f}, position {own['position']:.3f}, content {own['content']:+.3f}"
-    print(line + (f"; shuffled control {shuffled['content']:+.3f}" if shuffled else ""))
+    print(line + (f"; shuffled control {shuffled['content'] + 0:+.3f}" if shuffled else ""))
 
 # %% [markdown]
-# One clip is an anecdote. `python -m ffstudy.spriteworld.memory` runs the same on 40 held-out clips with a cut
-# and 40 FFGo composites (the cut-outs on the left, the scene after the 4 composite frames), at three noise levels;
-# its results ship beside the weights (`memory.json`), and the model card prints them in full.
+# On one clip the control can come out positive (block 2 here); whether it does on average needs many clips. One
+# clip is an anecdote. `python -m ffstudy.spriteworld.memory` runs the same on 40 held-out clips with a cut (38 of
+# them have a sprite token after the cut) and 40 FFGo composites (chapter 2's collage: the cut-outs on the left of
+# a white canvas, the plate on the right; the scene after the 4 composite frames), at three noise levels; its
+# results ship beside the weights (`memory.json`), and the model card prints them in full.
 
 # %%
 study = json.loads((SPRITEWORLD_DIR / "memory.json").read_text())
@@ -122,38 +141,50 @@ memory.plot_retrieval_by_block(study)
 plt.show()
 for setting, results in study["settings"].items():
     at = results["retrieval"][str(study["knockout_sigma"])]
-    best = max(at, key=lambda b: at[b]["content"][0])
-    content, shuffled = at[best]["content"], at[best]["shuffled_content"]
-    print(f"{setting}: largest content retrieval in block {best}: {content[0]:+.3f} "
-          f"(95% interval {content[1]:+.3f} to {content[2]:+.3f}); shuffled control {shuffled[0]:+.3f}")
+    print(f"{setting}, observed / position-predicted mass per block: "
+          + ", ".join(f"{b}: {r['observed'][0] / r['position'][0]:.1f}×" for b, r in at.items()))
+memory.plot_retrieval_by_block(study, "0.9")
+plt.show()
 
 # %% [markdown]
-# What the 40 clips and 40 composites say, at σ = 0.6 (the card has every σ):
+# What the study says (the card has every number):
 #
-# - **Position explains part of chapter 1's retrieval, not all of it.** In blocks 0–4, tokens on a sprite put
-#   1.5 to 4.4 times the mass on that sprite's first-frame keys that the position-only model predicts, after a cut
-#   and in composites alike, with intervals well above zero. Only the last block (5) reads no more than position.
-# - **The shuffled control stays at or below zero**: the excess is about *this* sprite, not sprites in general.
-# - **Noise matters**: at σ = 0.9 most blocks' content retrieval shrinks towards zero. Early in denoising the model
-#   reads frame 0 mostly by place; what a sprite *is* gets looked up once the video has taken shape.
+# - **Position explains part of chapter 1's retrieval, not all of it.** At σ = 0.6, in blocks 0–4, tokens on a
+#   sprite put 1.5 to 4.4 times the mass on that sprite's first-frame keys that the position-only model predicts,
+#   after a cut and in composites alike, with intervals above zero. The last block (5) reads no more than position.
+# - **At σ = 0.6 the shuffled control stays at or below zero**: the excess is about *this* sprite, not sprites in
+#   general.
+# - **At σ = 0.9 the picture is weaker**: content retrieval falls to about zero in blocks 0 and 1 (and block 4 after
+#   a cut); blocks 2 and 3 keep part of it, but there the shuffled control is slightly above zero too, so at that
+#   noise level some of the excess is about sprites in general rather than this one.
 
 # %% [markdown]
 # ## Causes: take the sprite's keys away
 #
-# `FirstFrameIntervention` multiplies the attention weight of chosen first-frame keys by α for the queries of later
-# frames — α = 0 deletes them, α > 1 amplifies them — in chosen blocks, steps and experts. It is exact (two fused
+# `FirstFrameIntervention` multiplies the un-normalised attention weight of chosen first-frame keys by α (it adds
+# log α to their logits; the softmax then renormalises) for the queries of later frames — α = 0 deletes them, α > 1
+# amplifies them — in chosen blocks, denoising steps and, for Wan2.2-A14B, noise-level experts. It is exact (two fused
 # attentions over the chosen keys and the rest, combined by their log-sum-exps; `tests/test_intervene.py` checks it
 # against a float64 recomputation that deletes the keys) and changes nothing at α = 1, bit for bit.
 #
 # Here we remove sprite 1's first-frame keys in every block, and, as a control, as many first-frame background keys
-# far from any sprite. Each video is the teacher-forced prediction of the clean clip (one denoising pass at σ).
+# far from any sprite. Each video is the teacher-forced prediction of the clean clip (one denoising pass at σ). The
+# knock-out itself is one `with` block:
 
 # %%
-videos = memory.knockout_videos(pipe, clip, encoded, entities, SIGMA)
+keys = entity_keys(entities, entities.names[0], h, w, threshold=0.25)  # tokens at least a quarter sprite 1
+print(f"sprite 1 covers {keys.sum()} of the first frame's {h * w} tokens")
+with FirstFrameIntervention(pipe.transformer, keys, alpha=0.0):
+    knocked = memory.predicted_video(pipe, inputs, SIGMA)
+
+videos = memory.knockout_videos(pipe, clip, encoded, entities, SIGMA)  # the same, with the model and the control
+assert (videos["sprite 1's keys removed"] == knocked).all()
 later = [t for t in range(4, len(clip.frames), 4)]
 for name, video in videos.items():
     print(f"{name:<32} sprite 1 found in {memory.found_share(video, clip, 0, later):.0%} of frames 4, 8, 12, 16")
-sheet = viz.contact_sheet([("real clip", clip.frames)] + [(name.replace(" keys", "\nkeys"), v) for name, v in videos.items()])
+labels = {"model": "unchanged model\n(teacher-forced,\nσ = 0.6)"}
+sheet = viz.contact_sheet([("real clip\nframes 0, 4, … 16", clip.frames)]
+                          + [(labels.get(name, name.replace(" keys", "\nkeys")), v) for name, v in videos.items()])
 plt.figure(figsize=(10, 6))
 plt.imshow(sheet)
 plt.axis("off")
@@ -171,26 +202,34 @@ for setting, results in study["settings"].items():
     knock = results["knockout"]
     removed, control = knock["alpha"]["0.0"]["target_change"], knock["background control"]["target_change"]
     print(f"{setting}: sprite 1 found in {knock['alpha']['1.0']['target'][0]:.0%} of later frames unchanged; "
-          f"its keys removed: {round(100 * removed[0]):+d} points (95% interval {round(100 * removed[1]):+d} to "
-          f"{round(100 * removed[2]):+d}), background keys removed instead: {round(100 * control[0]) + 0:+d} points")
+          f"its keys removed: {100 * removed[0]:+.1f} points (95% interval {100 * removed[1]:+.1f} to "
+          f"{100 * removed[2]:+.1f}), background keys removed instead: {100 * control[0] + 0:+.1f} points")
 
 # %% [markdown]
+# Unchanged, the teacher-forced prediction shows sprite 1 as an object in 59% of frames 4–16 of the cut clips (one
+# or two of those frames come before the cut) and in 36% of the composites' frames 4–16: a low base, since this
+# model blurs sprites.
+#
 # - **On this clip, nothing visible changes**; across the study, removing sprite 1's first-frame keys in every block
-#   lowers how often it is found as an object in the predicted frames by 12 percentage points on the same clips
-#   (95% interval 7 to 18 after a cut, 6 to 19 in composites). The dose-response runs the same way (−5 points at
-#   α = 0.25, about +3 at α = 2), removing as many background keys changes nothing (0 ± 3 points), and the other
-#   sprites move by 2 points at most: the effect is specific to the sprite whose keys were removed.
-# - **No single block carries it**: a knock-out in one block costs at most 6 points (block 3 after a cut, blocks 1
-#   and 4 in composites); the memory is spread over the blocks that showed content retrieval above, and the last
-#   block, which showed none, changes nothing.
-# - **It is a partial cause.** Most sprites found with the model unchanged are still found without their keys. In a
-#   teacher-forced pass the noisy latents of later frames carry the sprite too (exercise 2 asks how that depends on
-#   σ); frame 0 is one source among two.
+#   lowers how often it is found by about 12 percentage points on the same clips (−12.5, interval −18 to −7, in cut
+#   clips; −11.9, interval −19 to −6, in composites). Removing as many background keys changes nothing (0 ± 3
+#   points), and the other sprites move by 2 points at most (intervals within −7 to +3): the effect is specific
+#   to the sprite whose keys were removed.
+# - **Graded below α = 1, not beyond it**: weighting the keys by 0.25 or 0.5 costs less than removing them (−5 and
+#   −3 points in cut clips; in composites the intervals include zero), and amplifying them (α = 2 or 4) gives at
+#   most a small, uncertain gain (+2 to +4 points, intervals touching zero).
+# - **No single block accounts for it**: one-block knock-outs cost at most 6 points (blocks 0 and 3 after a cut,
+#   1 and 4 in composites), the others under 2 — composites' block 3 among them, though it retrieves strongly.
+#   Retrieval strength does not tell which blocks matter.
+# - **A partial cause.** Most frames in which sprite 1 is found unchanged still show it without its keys (46% against
+#   59%, 24% against 36%). A likely reason, which exercise 2 tests: in a teacher-forced pass the noisy latents of
+#   later frames carry the sprite too, so frame 0 is one source among two.
 
 # %% [markdown]
 # ## Two uses: a training-free FFGo, and a predictor of survival
 #
-# If the cut-outs' keys carry the entities, amplifying them at N = 0 — no LoRA, just the trigger — might bring the
+# If the cut-outs' keys carry the entities, amplifying them at N = 0 — no LoRA, just the trigger phrase (chapters
+# 4 and 6) — might bring the
 # sprites into the scene without training. And if retrieval matters, a sprite that later frames read more (beyond
 # position) during generation should survive to the last frame more often. Both were measured by generating from
 # 40 held-out composites:
@@ -198,7 +237,7 @@ for setting, results in study["settings"].items():
 # %%
 generation = study["generation"]
 for alpha, row in generation["amplification"].items():
-    print(f"α = {float(alpha):g} on the cut-outs' keys: retention {row['retention'][0]:.0%}, "
+    print(f"α = {float(alpha):g} on the cut-outs' keys: retention (chapter 6) {row['retention'][0]:.0%}, "
           f"final frame is the scene {row['final_in_scene'][0]:.0%}")
 survival = generation["survival"]
 auc = survival["auc"]
@@ -218,10 +257,10 @@ print(f"N = 50 LoRA: {survival['survived']} of {survival['entities']} sprites su
 #
 # - Attention in Wan depends on the query-key offset, so retrieval must be measured beyond what position predicts,
 #   where position and content disagree: after a hard cut, in an FFGo composite.
-# - On SpriteWorld, content retrieval is real: in most blocks, tokens on a sprite read its first-frame keys several
-#   times more than position predicts, and not another sprite's.
-# - Removing a sprite's first-frame keys makes it disappear from predicted frames more often, specifically and
-#   dose-dependently, with no single block responsible — a partial cause, beside the noisy latents.
+# - On SpriteWorld, content retrieval is real: in blocks 0–4, tokens on a sprite read its first-frame keys 1.5 to
+#   4.4 times as much as position predicts, and not another sprite's (at σ = 0.6).
+# - Removing a sprite's first-frame keys makes it disappear from predicted frames more often (about 12 points),
+#   specifically (background keys: no change) and with no single block responsible — a partial cause.
 # - Amplifying the cut-outs does not replace the LoRA, and retrieval's link to survival cannot be measured until
 #   sprites survive.
 #
@@ -237,16 +276,18 @@ print(f"N = 50 LoRA: {survival['survived']} of {survival['entities']} sprites su
 # ## Exercises
 #
 # 1. Repeat the knock-out on an FFGo composite instead of a cut clip.
-#    <details><summary>Hint</summary>`frames, composite, caption = memory.ffgo_clip(clip, WorldConfig())`, then
-#    `memory.encode(pipe, frames, caption)` and `memory.knockout_videos(pipe, clip, encoded, composite)`.</details>
+#    <details><summary>Hint</summary>`from ffstudy.spriteworld.world import WorldConfig`; take a clip without a cut,
+#    `plain = generate_clip(SEED, cut=False)`, then `frames, composite, caption = memory.ffgo_clip(plain,
+#    WorldConfig())`, `memory.encode(pipe, frames, caption)` and `memory.knockout_videos(pipe, plain, encoded,
+#    composite)`.</details>
 # 2. Knock out sprite 1 at σ = 0.3 and at σ = 0.9. Where does removing frame 0 matter more, and why would it?
 #    <details><summary>Hint</summary>The noisy latents themselves carry the sprite at low σ.</details>
 # 3. Amplify instead of removing: `FirstFrameIntervention(pipe.transformer, keys, alpha=4.0)`. Does the sprite get
 #    sharper, brighter, or nothing?
-#    <details><summary>Hint</summary>`keys = entity_keys(entities, entities.names[0], h, w, threshold=0.25)`.</details>
+#    <details><summary>Hint</summary>`keys` from the knock-out cell; compare `memory.found_share` of both videos.</details>
 # 4. Fit the position-only model per head instead of on the head mean. Do some heads read content while others read
-#    place? <details><summary>Hint</summary>`result.attention[record]` is (heads, later tokens, first-frame tokens);
-#    `ffstudy.retrieval.position_prediction` takes any leading axes.</details>
+#    place? <details><summary>Hint</summary>`result.attention[record]` is (heads, later tokens, first-frame tokens):
+#    reshape it to `(heads, f - 1, h * w, h * w)` first; `position_prediction` keeps leading axes.</details>
 #
 # ## Further reading
 #

@@ -388,8 +388,8 @@ def _points(values) -> str:
     """A paired change in percentage points with its interval, e.g. −13 (−20 to −6) points."""
     if values is None:
         return "n/a"
-    mean, low, high = (round(v * 100) + 0 for v in values)  # + 0: no "-0"
-    return f"{mean:+d} ({low:+d} to {high:+d}) points"
+    mean, low, high = (round(v * 100, 1) + 0.0 for v in values)  # + 0.0: no "-0.0"
+    return f"{mean:+.1f} ({low:+.1f} to {high:+.1f}) points"
 
 
 def render_memory(memory: dict) -> str:
@@ -401,28 +401,33 @@ def render_memory(memory: dict) -> str:
            f"to σ and denoised once, {memory['clips']} held-out clips with a hard cut (seeds from {memory['settings']['cut clips']['seeds'][0]}; "
            "after the cut the same sprites reappear elsewhere in a new scene) and as many FFGo composites (seeds from "
            f"{memory['settings']['FFGo composites']['seeds'][0]}: cut-outs on the left, the scene after the 4 composite "
-           "frames). Measured only in latent frames that show the scene after the cut or the transition, where a "
-           "sprite's place no longer matches its place in frame 0. In brackets: 95% intervals over clips.\n",
+           "frames). Retrieval is measured only in latent frames that show the scene after the cut or the "
+           "transition, where a sprite's place no longer matches its place in frame 0. In brackets: 95% bootstrap "
+           "intervals over clips.\n",
            "**Content or position?** For later tokens on sprite k: the attention mass on sprite k's first-frame keys "
            "(observed), what a position-only model of the same attention predicts (each weight replaced by the mean "
            "weight at its query-key offset, fitted per block and frame on the same pass), and their difference, the "
            "content retrieval. The shuffled control reads the same tokens against another sprite's keys (clips with "
            "two sprites or more): it should be ≤ 0.\n"]
     for setting, results in memory["settings"].items():
-        out.append(f"\n{setting}: content retrieval per block and noise level, observed / position-predicted "
-                   f"mass at σ = {sigma}, and the shuffled control at σ = {sigma}\n")
-        sigmas = list(results["retrieval"])
-        out.append("| block | " + " | ".join(f"content, σ = {x}" for x in sigmas)
-                   + f" | observed / position, σ = {sigma} | shuffled control, σ = {sigma} |")
-        out.append("|---|" + "---|" * (len(sigmas) + 2))
         at = results["retrieval"][sigma]
+        clips = at[next(iter(at))]["clips"]
+        out.append(f"\n{setting} ({clips} clips with a sprite token in those frames): content retrieval per block "
+                   f"and noise level, the shuffled control's, and observed / position-predicted mass at σ = {sigma}\n")
+        sigmas = list(results["retrieval"])
+        out.append("| block | " + " | ".join(f"content, σ = {x}" for x in sigmas) + " | "
+                   + " | ".join(f"shuffled control, σ = {x}" for x in sigmas) + f" | observed / position, σ = {sigma} |")
+        out.append("|---|" + "---|" * (2 * len(sigmas) + 1))
         for block in at:
-            cells = [_ci(results["retrieval"][x][block]["content"]) for x in sigmas]
+            cells = ([_ci(results["retrieval"][x][block]["content"]) for x in sigmas]
+                     + [_ci(results["retrieval"][x][block]["shuffled_content"]) for x in sigmas])
             ratio = at[block]["observed"][0] / max(at[block]["position"][0], 1e-12)
             out.append(f"| {block} | " + " | ".join(cells) + f" | {at[block]['observed'][0]:.3f} / "
-                       f"{at[block]['position'][0]:.3f} ({ratio:.2f}×) | {_ci(at[block]['shuffled_content'])} |")
+                       f"{at[block]['position'][0]:.3f} ({ratio:.2f}×) |")
         knock = results["knockout"]
-        out.append(f"\n{setting}, interventions at σ = {sigma} ({knock['clips']} clips): share of the later frames in which "
+        frames = ("frames 4, 8, 12 and 16, of which one or two come before the cut (it falls in frames 5–11)"
+                  if setting == "cut clips" else "frames 4, 8, 12 and 16, all after the transition")
+        out.append(f"\n{setting}, interventions at σ = {sigma} ({knock['clips']} clips): share of {frames} in which "
                    "sprite 1 (its first-frame keys reweighted by α for later frames, in every block) and the clip's "
                    "other sprites are found as objects in the predicted video. α = 1 is the model unchanged; the "
                    "control removes as many first-frame background keys, away from every sprite. The changes are "

@@ -15,7 +15,7 @@ Two questions the probe alone cannot answer:
 Teacher-forced, so it measures the model on real clips rather than on its own (imperfect) videos: each clip is
 noised to σ and denoised once; the prediction of the clean video is decoded and searched for sprites.
 
-    python -m ffstudy.spriteworld.memory --out data/models/spriteworld-i2v/memory.json     # about 15 min on 2 cores
+    python -m ffstudy.spriteworld.memory --out data/models/spriteworld-i2v/memory.json     # about 40 min on 2 cores
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from .world import WorldConfig, generate_clip
 SEED0 = 1_000_000  # the card's held-out seeds
 COMPOSITE_SEED0 = 3_000_000  # the few-shot experiment's held-out composites
 SIGMAS = (0.3, 0.6, 0.9)
-KNOCKOUT_SIGMA = 0.6  # teacher-forced predictions keep about 3 in 4 sprites as objects here (the model card)
+KNOCKOUT_SIGMA = 0.6  # high enough that frame 0 matters, low enough that predictions still show objects
 ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 TRANSITION = 4  # composite frames at the start of an FFGo clip
 STRIDE = 4  # image frames per latent frame
@@ -149,6 +149,7 @@ def knockout_rows(pipe, clip, encoded: dict, composite, ffgo: bool, sigma: float
     target = composite.masks(h, w)[composite.names[0]] >= 0.25
     if not target.any():
         return None
+    # every 4th frame after frame 0 (composites: after the transition; cut clips: one or two come before the cut)
     measured = [t for t in range(STRIDE, len(clip.frames), STRIDE) if t >= (TRANSITION if ffgo else 1)]
     others = range(1, len(clip.sprites))
 
@@ -228,15 +229,15 @@ def plot_interventions(memory: dict):
                                           ("others_change", "other sprites", "tab:blue", 0.1)):
             mean, err = bars([knock["alpha"][a][key] for a in alphas] + [knock["background control"][key]])
             row[0].errorbar(x + shift, mean, yerr=err, fmt="o", capsize=3, color=colour, label=label)
-        row[0].set_xticks(x, [f"α = {float(a):g}" for a in alphas] + ["control"], fontsize=8)
-        row[0].set_title(f"{setting}: sprite 1's keys × α (control: background keys removed)", fontsize=9)
+        row[0].set_xticks(x, [f"α = {float(a):g}" for a in alphas] + ["background\nkeys removed"], fontsize=8)
+        row[0].set_title(f"{setting}: sprite 1's first-frame keys weighted by α", fontsize=9)
         blocks = list(knock["block"])
         mean, err = bars([knock["block"][b]["target_change"] for b in blocks])
         row[1].bar(range(len(blocks)), mean, yerr=err, color="tab:red", alpha=0.7, capsize=3)
         row[1].set_xticks(range(len(blocks)), blocks)
         row[1].set_xlabel("sprite 1's keys removed in this block only")
-        row[1].set_title(f"{setting}: which block carries it", fontsize=9)
-        row[0].set_ylabel("change in frames found (points)")
+        row[1].set_title(f"{setting}: knock-out in one block only", fontsize=9)
+        row[0].set_ylabel("change in % of later frames\nwhere found (points)")
         for ax in row:
             ax.axhline(0, color="black", lw=0.8)
             ax.grid(alpha=0.3)
