@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-from .probe import _TILE_BYTES, _as_set, _fused_attention_with_lse, _fused_kernels, _rope
+from .probe import (_TILE_BYTES, _as_set, _fused_attention_with_lse, _fused_kernels, checked_blocks, experts_of,
+                    next_step, self_attention_qkv)
 
 _HOOK_NAME = "ffstudy_intervention"
 
@@ -84,11 +85,7 @@ class _InterventionProcessor(WanAttnProcessor):
         if (not owner._active or encoder_hidden_states is not None or attention_mask is not None
                 or self._parallel_config is not None):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
-        if rotary_emb is not None:
-            query, key = _rope(query, *rotary_emb), _rope(key, *rotary_emb)
+        query, key, value = self_attention_qkv(attn, hidden_states, rotary_emb)
         output = dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                        backend=self._attention_backend)
         n0 = owner._n0
@@ -133,18 +130,9 @@ class FirstFrameIntervention:
                  tile_bytes: int = _TILE_BYTES):
         if not (alpha >= 0 and math.isfinite(alpha)):
             raise ValueError(f"alpha={alpha}: use a finite weight >= 0 (0 removes the keys, 1 changes nothing)")
-        self.transformers = {}
-        if hasattr(pipe, "transformer"):
-            two = getattr(pipe, "transformer_2", None) is not None
-            self.transformers["high" if two else "main"] = pipe.transformer
-            if two:
-                self.transformers["low"] = pipe.transformer_2
-        else:
-            self.transformers["main"] = pipe
+        self.transformers = experts_of(pipe)
         layers = len(next(iter(self.transformers.values())).blocks)
-        self.blocks = list(range(layers)) if blocks is None else sorted(_as_set(blocks))
-        if not self.blocks or min(self.blocks) < 0 or max(self.blocks) >= layers:
-            raise ValueError(f"blocks={blocks}: the model has blocks 0..{layers - 1}")
+        self.blocks = checked_blocks(blocks, layers, list(range(layers)))
         if experts is not None and (bad := _as_set(experts) - set(self.transformers)):
             raise ValueError(f"experts={sorted(bad)}: this model's experts are {list(self.transformers)}")
         self.keys, self.alpha, self.fused, self.tile_bytes = keys, float(alpha), fused, tile_bytes
@@ -172,11 +160,7 @@ class FirstFrameIntervention:
         f, h, w = (n // p for n, p in zip(hidden_shape[2:], patch_size))
         if self._n0 != h * w:
             self._n0, self._chosen = h * w, self._select_keys(h, w)
-        if self._last_t is None or timestep > self._last_t:
-            self._step = 0
-        elif timestep < self._last_t:
-            self._step += 1
-        self._last_t = timestep
+        self._step, self._last_t = next_step(self._last_t, self._step, timestep), timestep
         self._active = (self.alpha != 1.0 and f > 1 and (self.steps is None or self._step in self.steps)
                         and (self.experts is None or expert in self.experts))
 

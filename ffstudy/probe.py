@@ -55,6 +55,43 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return out.type_as(x)
 
 
+def self_attention_qkv(attn, hidden_states, rotary_emb):
+    """Query, key and value of a Wan ``attn1`` call, (B,S,H,D), normalised and rotated exactly as
+    ``WanAttnProcessor`` does: what the probe and the interventions recompute attention from."""
+    query, key, value = _get_qkv_projections(attn, hidden_states, None)
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+    if rotary_emb is not None:
+        query, key = _rope(query, *rotary_emb), _rope(key, *rotary_emb)
+    return query, key, value
+
+
+def experts_of(pipe) -> dict:
+    """The pipeline's transformers by expert name: ``high``/``low`` for two-expert Wan2.2, else ``main`` (a bare
+    transformer is ``main`` too)."""
+    if not hasattr(pipe, "transformer"):
+        return {"main": pipe}
+    if getattr(pipe, "transformer_2", None) is None:
+        return {"main": pipe.transformer}
+    return {"high": pipe.transformer, "low": pipe.transformer_2}
+
+
+def checked_blocks(blocks, layers: int, default: list[int]) -> list[int]:
+    """``blocks`` sorted (``default`` when None), or a ValueError naming them if the model has no such block."""
+    chosen = sorted(_as_set(blocks)) if blocks is not None else default
+    if not chosen or min(chosen) < 0 or max(chosen) >= layers:
+        raise ValueError(f"blocks={blocks}: the model has blocks 0..{layers - 1}")
+    return chosen
+
+
+def next_step(last_timestep: float | None, step: int, timestep: float) -> int:
+    """The denoising step index of a transformer call at ``timestep``: 0 when a new sampling run starts (the
+    timestep rose), the next index when it fell, the same for a second call at one timestep (CFG, two experts)."""
+    if last_timestep is None or timestep > last_timestep:
+        return 0
+    return step + 1 if timestep < last_timestep else step
+
+
 def _fused_kernels(device_type: str, dtype: torch.dtype) -> dict:
     """The fused SDPA kernels that also return the log-sum-exp, by name, each (q, k, v) in (B,H,S,D) ->
     (output (B,H,S,D), logsumexp with B·H·S entries); which one the stock attention uses depends on the build."""
@@ -140,11 +177,7 @@ class FirstFrameProbeProcessor(WanAttnProcessor):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         if self.probe._call is None or encoder_hidden_states is not None or attn.add_k_proj is not None:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
-        if rotary_emb is not None:
-            query, key = _rope(query, *rotary_emb), _rope(key, *rotary_emb)
+        query, key, value = self_attention_qkv(attn, hidden_states, rotary_emb)
         output, lse = self._attend(query, key, value, attention_mask)
         self.probe._record_self_attention(self.block, query, key, lse)
         output = output.flatten(2, 3).type_as(query)
@@ -370,22 +403,14 @@ class FirstFrameProbe:
     def __init__(self, pipe, composite=None, *, blocks: Sequence[int] | None = None,
                  steps: Sequence[int] | None = None, per_head: bool = False, keep_attention: bool = False,
                  text_prompt: str | None = None, fused_lse: bool = True, tile_bytes: int = _TILE_BYTES):
-        self.transformers = {}
-        if hasattr(pipe, "transformer"):
-            self.transformers["high" if getattr(pipe, "transformer_2", None) is not None else "main"] = pipe.transformer
-            if getattr(pipe, "transformer_2", None) is not None:
-                self.transformers["low"] = pipe.transformer_2
-        else:
-            self.transformers["main"] = pipe
+        self.transformers = experts_of(pipe)
         self.scheduler = getattr(pipe, "scheduler", None)
         transformer = next(iter(self.transformers.values()))
         self.pixels_per_token = (getattr(pipe, "vae_scale_factor_spatial", None) or 0) * \
             transformer.config.patch_size[1]
-        num_layers = len(next(iter(self.transformers.values())).blocks)
-        self.blocks = sorted(blocks) if blocks is not None else (
-            list(range(num_layers)) if num_layers <= 8 else list(range(0, num_layers, 4)))
-        if not self.blocks or min(self.blocks) < 0 or max(self.blocks) >= num_layers:
-            raise ValueError(f"blocks={blocks}: the model has blocks 0..{num_layers - 1}")
+        num_layers = len(transformer.blocks)
+        self.blocks = checked_blocks(blocks, num_layers, list(range(num_layers)) if num_layers <= 8
+                                     else list(range(0, num_layers, 4)))
         self.steps = None if steps is None else set(steps)
         self.composite, self.per_head, self.keep_attention = composite, per_head, keep_attention
         self.fused_lse, self.tile_bytes = fused_lse, tile_bytes
@@ -434,11 +459,7 @@ class FirstFrameProbe:
         if branch != "cond":
             self._call = None
             return
-        if self._last_t is None or timestep > self._last_t:
-            self._step = 0  # a new sampling run
-        elif timestep < self._last_t:
-            self._step += 1
-        self._last_t = timestep
+        self._step, self._last_t = next_step(self._last_t, self._step, timestep), timestep
         if self.steps is None:
             n = len(self.scheduler.timesteps) if self.scheduler is not None and self.scheduler.timesteps is not None \
                 else 1

@@ -172,7 +172,7 @@ plt.show()
 # knock-out itself is one `with` block:
 
 # %%
-keys = entity_keys(entities, entities.names[0], h, w, threshold=0.25)  # tokens at least a quarter sprite 1
+keys = entity_keys(entities, entities.names[0], h, w, threshold=memory.KEY_SHARE)  # at least a quarter sprite 1
 print(f"sprite 1 covers {keys.sum()} of the first frame's {h * w} tokens")
 with FirstFrameIntervention(pipe.transformer, keys, alpha=0.0):
     knocked = memory.predicted_video(pipe, inputs, SIGMA)

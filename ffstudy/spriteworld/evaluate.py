@@ -77,6 +77,12 @@ def decoded_noise(vae, frames: np.ndarray, seed: int) -> np.ndarray:
     scale = vae.spatial_compression_ratio
     z = torch.randn((1, vae.config.z_dim, (t - 1) // 4 + 1, h // scale, w // scale),
                     generator=torch.Generator().manual_seed(seed))
+    return decode_normalised(vae, z)
+
+
+@torch.no_grad()
+def decode_normalised(vae, z: torch.Tensor) -> np.ndarray:
+    """Normalised latents (as the transformer sees them) back to raw VAE latents and decoded: uint8 frames."""
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     return video_frames(vae.decode(z * std + mean).sample[0])
@@ -142,12 +148,24 @@ def generation_metrics(pipe, seeds, steps: int = 20, world: WorldConfig = WorldC
             "flow_shift": generated.settings["flow_shift"], "steps": steps}
 
 
+def encode(pipe, frames, caption: str) -> dict:
+    """The clip's latents, I2V condition (frame 0) and caption embedding, as the trainer caches them."""
+    return encode_clip(pipe, TrainingClip(frames, caption, None), pipe.ffstudy_backbone.max_sequence_length)
+
+
+def teacher_forced(encoded: dict, sigma: float, seed: int) -> dict:
+    """The transformer's inputs for the encoded clip noised to ``sigma`` (teacher forcing: the real clip, not the
+    model's own video, one denoising pass)."""
+    inputs, *_ = sample_flow_inputs([encoded], torch.tensor([sigma]), 0, 1, torch.Generator().manual_seed(seed),
+                                    "cpu")
+    return inputs
+
+
 @torch.no_grad()
 def probe_clip(pipe, clip, sigma: float, seed: int = 0, per_head: bool = False):
     """One teacher-forced denoising pass over ``clip`` noised to ``sigma``, with the probe on every block
     (``per_head``: also keeping each head's entity masses)."""
-    encoded = encode_clip(pipe, TrainingClip(clip.frames, clip.caption, None), pipe.ffstudy_backbone.max_sequence_length)
-    inputs, *_ = sample_flow_inputs([encoded], torch.tensor([sigma]), 0, 1, torch.Generator().manual_seed(seed), "cpu")
+    inputs = teacher_forced(encode(pipe, clip.frames, clip.caption), sigma, seed)
     with FirstFrameProbe(pipe.transformer, first_frame_entities(clip), per_head=per_head) as probe:
         pipe.transformer(**inputs, return_dict=False)
     return probe.result

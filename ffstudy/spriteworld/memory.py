@@ -28,12 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..compose import compose_first_frame
-from ..data import TrainingClip, encode_clip
 from ..generate import fit_first_frame, with_trigger
-from ..intervene import FirstFrameIntervention
+from ..intervene import FirstFrameIntervention, entity_keys
 from ..probe import FirstFrameProbe
 from ..retrieval import own_entity_retrieval
-from ..train import sample_flow_inputs
+from .evaluate import decode_normalised, encode, teacher_forced
 from .metrics import first_frame_entities, sprites_found, token_labels
 from .world import WorldConfig, generate_clip
 
@@ -42,6 +41,7 @@ COMPOSITE_SEED0 = 3_000_000  # the few-shot experiment's held-out composites
 SIGMAS = (0.3, 0.6, 0.9)
 KNOCKOUT_SIGMA = 0.6  # high enough that frame 0 matters, low enough that predictions still show objects
 ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+KEY_SHARE = 0.25  # a first-frame token is an entity's key when the entity covers at least this share of it
 TRANSITION = 4  # composite frames at the start of an FFGo clip
 STRIDE = 4  # image frames per latent frame
 
@@ -62,28 +62,11 @@ def ffgo_clip(clip, world: WorldConfig):
     return frames, composite, with_trigger(clip.caption)
 
 
-def encode(pipe, frames, caption: str) -> dict:
-    """The clip's latents, I2V condition (frame 0) and caption embedding, as the trainer caches them."""
-    return encode_clip(pipe, TrainingClip(frames, caption, None), pipe.ffstudy_backbone.max_sequence_length)
-
-
-def teacher_forced(encoded: dict, sigma: float, seed: int) -> dict:
-    """The transformer's inputs for the encoded clip noised to ``sigma``."""
-    inputs, *_ = sample_flow_inputs([encoded], torch.tensor([sigma]), 0, 1, torch.Generator().manual_seed(seed),
-                                    "cpu")
-    return inputs
-
-
 @torch.no_grad()
 def predicted_video(pipe, inputs: dict, sigma: float) -> np.ndarray:
     """One denoising pass: the predicted clean video x₀ = x_σ − σ·v, decoded to uint8 frames."""
     velocity = pipe.transformer(**inputs, return_dict=False)[0]
-    x0 = inputs["hidden_states"][:, :velocity.shape[1]] - sigma * velocity
-    vae = pipe.vae
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    video = vae.decode(x0 * std + mean).sample[0].permute(1, 2, 3, 0).clamp(-1, 1)
-    return ((video + 1) * 127.5).round().to(torch.uint8).numpy()
+    return decode_normalised(pipe.vae, inputs["hidden_states"][:, :velocity.shape[1]] - sigma * velocity)
 
 
 def later_frames(clip, latent_frames: int, ffgo: bool) -> list[int]:
@@ -139,14 +122,20 @@ def background_keys(clip, rows: int, cols: int, count: int, seed: int) -> np.nda
     return mask.reshape(rows, cols)
 
 
+def knockout_keys(pipe, clip, inputs: dict, composite) -> tuple[np.ndarray, np.ndarray]:
+    """The first-frame token masks an intervention acts on: sprite 1's (tokens at least ``KEY_SHARE`` sprite 1)
+    and, for the control, as many background tokens away from every sprite."""
+    h, w = (n // p for n, p in zip(inputs["hidden_states"].shape[3:], pipe.transformer.config.patch_size[1:]))
+    target = entity_keys(composite, composite.names[0], h, w, threshold=KEY_SHARE)
+    return target, background_keys(clip, h, w, int(target.sum()), clip.seed)
+
+
 def knockout_rows(pipe, clip, encoded: dict, composite, ffgo: bool, sigma: float = KNOCKOUT_SIGMA) -> dict | None:
     """Teacher-forced predictions with sprite 0's first-frame keys reweighted (every α, all blocks; α = 0 in each
     block alone) and with as many background keys removed; per condition, the share of later frames in which
     sprite 0 and the other sprites are found."""
     inputs = teacher_forced(encoded, sigma, clip.seed)
-    grid = [n // p for n, p in zip(inputs["hidden_states"].shape[2:], pipe.transformer.config.patch_size)]
-    h, w = grid[1:]
-    target = composite.masks(h, w)[composite.names[0]] >= 0.25
+    target, control = knockout_keys(pipe, clip, inputs, composite)
     if not target.any():
         return None
     # every 4th frame after frame 0 (composites: after the transition; cut clips: one or two come before the cut)
@@ -162,7 +151,7 @@ def knockout_rows(pipe, clip, encoded: dict, composite, ffgo: bool, sigma: float
     for alpha in ALPHAS:
         with FirstFrameIntervention(pipe.transformer, target, alpha):
             rows["alpha"][str(alpha)] = measure(predicted_video(pipe, inputs, sigma))
-    with FirstFrameIntervention(pipe.transformer, background_keys(clip, h, w, int(target.sum()), clip.seed), 0.0):
+    with FirstFrameIntervention(pipe.transformer, control, 0.0):
         rows["background control"] = measure(predicted_video(pipe, inputs, sigma))
     for block in range(len(pipe.transformer.blocks)):
         with FirstFrameIntervention(pipe.transformer, target, 0.0, blocks=[block]):
@@ -174,11 +163,9 @@ def knockout_videos(pipe, clip, encoded: dict, composite, sigma: float = KNOCKOU
     """The teacher-forced prediction of one clip: the model as it is, with sprite 1's first-frame keys removed for
     later frames, and with as many background keys removed (the control) — to look at."""
     inputs = teacher_forced(encoded, sigma, clip.seed)
-    h, w = (n // p for n, p in zip(inputs["hidden_states"].shape[3:], pipe.transformer.config.patch_size[1:]))
-    target = composite.masks(h, w)[composite.names[0]] >= 0.25
+    target, control = knockout_keys(pipe, clip, inputs, composite)
     videos = {"model": predicted_video(pipe, inputs, sigma)}
-    for name, keys in (("sprite 1's keys removed", target),
-                       ("as many background keys removed", background_keys(clip, h, w, int(target.sum()), clip.seed))):
+    for name, keys in (("sprite 1's keys removed", target), ("as many background keys removed", control)):
         with FirstFrameIntervention(pipe.transformer, keys, 0.0):
             videos[name] = predicted_video(pipe, inputs, sigma)
     return videos
@@ -321,7 +308,6 @@ def generation_study(pipe, clips: int, steps: int, world: WorldConfig) -> dict:
     the last frame: ROC AUC."""
     from ..cli import data_dir
     from ..generate import generate
-    from ..intervene import entity_keys
     from ..lora import load_lora
     from ..retrieval import entity_retrieval
     from .experiment import measure
@@ -331,7 +317,7 @@ def generation_study(pipe, clips: int, steps: int, world: WorldConfig) -> dict:
     for clip in tqdm(composites, desc="amplifying cut-outs (N = 0)"):
         _, composite, _ = ffgo_clip(clip, world)
         grid = (world.height // 16, world.width // 16)
-        keys = entity_keys(composite, [e.name for e in composite.objects], *grid, threshold=0.25)
+        keys = entity_keys(composite, [e.name for e in composite.objects], *grid, threshold=KEY_SHARE)
         for alpha in AMPLIFY:
             with FirstFrameIntervention(pipe, keys, alpha):
                 video = generate(pipe, composite, clip.caption, num_inference_steps=steps, seed=clip.seed,
