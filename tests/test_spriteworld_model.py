@@ -132,6 +132,10 @@ def test_a_model_assembled_from_stage_runs_records_only_the_stages_it_had(tmp_pa
     assert training["timings"]["decoder_seconds"] == 4.0 and training["final_losses"]["decoder"] == 0.25
     log = [json.loads(line) for line in (tmp_path / "decoder" / "training_log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in log] == ["vae", "transformer", "transformer", "decoder"]  # pretrain's order
+    assert "warm restart" not in training["transformer_stage_run"]
+    save_model(pipe, SPRITEWORLD_DIR, tmp_path / "continued", {**record, "from_shipped": True}, None)
+    continued = json.loads((tmp_path / "continued" / "training.json").read_text())
+    assert "the shipped transformer trained further (a warm restart, not a recipe)" in continued["transformer_stage_run"]
 
 
 def test_loads_offline_and_generates_on_cpu_deterministically():

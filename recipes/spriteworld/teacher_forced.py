@@ -15,6 +15,7 @@ denoise a sprite it is shown but cannot create one where it has to decide on it:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from ffstudy.models import load_pipeline
 from ffstudy.spriteworld.evaluate import generate_from_first_frame
 from ffstudy.spriteworld.memory import encode, predicted_video, teacher_forced
 from ffstudy.spriteworld.metrics import sprites_found
-from ffstudy.spriteworld.pretrain import EVAL_SEED0
+from ffstudy.spriteworld.pretrain import EVAL_SEED0, PretrainConfig, training_clips, transformer_world
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
 
 FRAMES = (4, 8, 12, 16)
@@ -39,13 +40,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="spriteworld", help="SpriteWorld model name or folder")
     parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--training-clips", action="store_true",
+                        help="the recipe's first training clips, as the transformer saw them, instead of held-out ones")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     args = parser.parse_args()
     torch.set_num_threads(2)
-    pipe = load_pipeline(args.model)
-    clips = [generate_clip(EVAL_SEED0 + i, WorldConfig(), cut=False) for i in range(args.clips)]
+    folder = Path(args.model).is_dir()  # a model folder, e.g. from transformer_stage.py --save
+    pipe = load_pipeline("spriteworld", path=args.model) if folder else load_pipeline(args.model)
+    if args.training_clips:
+        config = PretrainConfig.from_file("configs/spriteworld-pretrain.yaml")
+        clips = training_clips(config, transformer_world(config, WorldConfig()), args.clips)
+    else:
+        clips = [generate_clip(EVAL_SEED0 + i, WorldConfig(), cut=False) for i in range(args.clips)]
     encoded = [encode(pipe, clip.frames, clip.caption) for clip in clips]
-    print(f"{args.clips} held-out clips from seed {EVAL_SEED0}; share of sprites found as objects in frame "
+    where = "training clips" if args.training_clips else f"held-out clips from seed {EVAL_SEED0}"
+    print(f"{args.clips} {where}; share of sprites found as objects in frame "
           + " / ".join(map(str, FRAMES)) + "\n")
     print("| video | " + " | ".join(f"frame {t}" for t in FRAMES) + " |\n|---|" + "---|" * len(FRAMES))
     rows = {"real clip": [clip.frames for clip in clips]}

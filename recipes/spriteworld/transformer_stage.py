@@ -15,6 +15,9 @@ is what FFGo's LoRA has to teach.
 that VAE with its stages' settings, times and log, so the three stage runs together are ``pretrain`` with the
 variant.
 
+``--from-shipped`` trains the shipped transformer further instead of a fresh one, with the overrides' steps and
+learning rate (the schedule starts again): more training, not a recipe.
+
 ``--guidance-scales 2 2.5`` measures at those CFG scales instead of the backbone's (SpriteWorld: 1).
 
 About 11 min encoding, 28 min training, 4 min measuring per CFG scale (2-core CPU, 5 with CFG). ``--save`` writes
@@ -70,7 +73,9 @@ def save_model(pipe, shipped: Path, out: str, record: dict, vae_record: dict | N
     timings.update(encode_seconds=record["encode_seconds"], transformer_seconds=record["transformer_seconds"])
     training["final_losses"]["transformer"] = record["transformer_final_loss"]
     training["transformer_stage_run"] = (f"recipes/spriteworld/transformer_stage.py on {time.strftime('%Y-%m-%d')}: "
-                                         f"{'that' if vae_record else 'the shipped'} VAE's encoder, the recipe's seeds")
+                                         f"{'that' if vae_record else 'the shipped'} VAE's encoder, the recipe's seeds"
+                                         + (", the shipped transformer trained further (a warm restart, not a recipe)"
+                                            if record.get("from_shipped") else ""))
     log = ([r for r in old_log if r["stage"] == "vae"] + record["log"]  # pretrain's order of stages
            + [r for r in old_log if r["stage"] == "decoder"])
     with atomic_dir(out) as staging:
@@ -91,6 +96,8 @@ def main() -> None:
     parser.add_argument("--record", help="also write the result and the transformer's per-step log here (JSON)")
     parser.add_argument("--vae", help="train on this VAE folder (vae_stage.py --save) instead of the shipped VAE")
     parser.add_argument("--vae-record", help="that VAE's vae_stage.py --record file (settings, times, log)")
+    parser.add_argument("--from-shipped", action="store_true",
+                        help="train the shipped transformer further (a warm restart: more training, not a recipe)")
     parser.add_argument("--guidance-scales", type=float, nargs="+", metavar="CFG",
                         help="measure at these CFG scales instead of the backbone's")
     args = parser.parse_args()
@@ -109,6 +116,8 @@ def main() -> None:
     if not all(torch.equal(v, text_encoder[k]) for k, v in pipe.text_encoder.state_dict().items()):
         raise SystemExit("the rebuilt text encoder differs from the shipped one: the seeded construction changed")
     pipe.text_encoder.requires_grad_(False)
+    if args.from_shipped:
+        pipe.transformer = shipped.transformer
     pipe.vae = AutoencoderKLWan.from_pretrained(args.vae).eval() if args.vae else shipped.vae
     if config.vae_point_posterior:  # what the VAE stage then does last; the encoder's mean is unchanged
         collapse_posterior(pipe.vae)
@@ -118,7 +127,7 @@ def main() -> None:
     clips = training_clips(config, world, config.transformer_clips)
     timings, log = {"render_seconds": time.perf_counter() - started}, []
     transformer_stage(pipe, clips, config, log, timings)
-    record = {"overrides": overrides, "own_clips": world != WorldConfig() or len(clips) != config.train_clips,
+    record = {"overrides": overrides, "from_shipped": args.from_shipped, "own_clips": world != WorldConfig() or len(clips) != config.train_clips,
               "transformer_cut_clips": sum(c.cut_frame is not None for c in clips),
               **{key: round(seconds, 1) for key, seconds in timings.items()},
               "transformer_final_loss": final_loss(log, "transformer")}
