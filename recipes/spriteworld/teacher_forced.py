@@ -26,6 +26,7 @@ from ffstudy.spriteworld.memory import encode, predicted_video, teacher_forced
 from ffstudy.spriteworld.metrics import sprites_found
 from ffstudy.spriteworld.pretrain import EVAL_SEED0, PretrainConfig, training_clips, transformer_world
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
+from ffstudy.viz import contact_sheet, save_sheet
 
 FRAMES = (4, 8, 12, 16)
 
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--training-clips", action="store_true",
                         help="the recipe's first training clips, as the transformer saw them, instead of held-out ones")
+    parser.add_argument("--sheet", help="also write a contact sheet (PNG) of the first 4 clips above their generated videos")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -64,6 +66,13 @@ def main() -> None:
     rows["generated, 20 steps"] = [generate_from_first_frame(pipe, clip, clip.seed).frames for clip in clips]
     for name, videos in rows.items():
         print(f"| {name} | " + " | ".join(f"{share:.0%}" for share in found_by_frame(videos, clips)) + " |")
+    if args.sheet:
+        sheet = []
+        for clip, video in list(zip(clips, rows["generated, 20 steps"]))[:4]:
+            found = sum(f is not None for f in sprites_found(video, clip, frame=FRAMES[-1]))
+            sheet += [(f"seed {clip.seed}\nreal clip", clip.frames),
+                      (f"generated\nfound in frame {FRAMES[-1]}:\n{found} of {len(clip.sprites)}", video)]
+        save_sheet(contact_sheet(sheet), args.sheet)
 
 
 if __name__ == "__main__":
