@@ -15,7 +15,6 @@ denoise a sprite it is shown but cannot create one where it has to decide on it:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,7 +38,8 @@ def found_by_frame(videos, clips) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="spriteworld", help="SpriteWorld model name or folder")
+    parser.add_argument("--model", default="spriteworld", help="backbone name, as in the ffstudy CLI")
+    parser.add_argument("--path", help="a model folder of that backbone, e.g. from transformer_stage.py --save")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--training-clips", action="store_true",
                         help="the recipe's first training clips, as the transformer saw them, instead of held-out ones")
@@ -47,8 +47,7 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     args = parser.parse_args()
     torch.set_num_threads(2)
-    folder = Path(args.model).is_dir()  # a model folder, e.g. from transformer_stage.py --save
-    pipe = load_pipeline("spriteworld", path=args.model) if folder else load_pipeline(args.model)
+    pipe = load_pipeline(args.model, path=args.path)
     if args.training_clips:
         config = PretrainConfig.from_file("configs/spriteworld-pretrain.yaml")
         clips = training_clips(config, transformer_world(config, WorldConfig()), args.clips)

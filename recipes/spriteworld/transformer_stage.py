@@ -127,7 +127,8 @@ def main() -> None:
     clips = training_clips(config, world, config.transformer_clips)
     timings, log = {"render_seconds": time.perf_counter() - started}, []
     transformer_stage(pipe, clips, config, log, timings)
-    record = {"overrides": overrides, "from_shipped": args.from_shipped, "own_clips": world != WorldConfig() or len(clips) != config.train_clips,
+    record = {"overrides": overrides, "from_shipped": args.from_shipped,
+              "own_clips": world != WorldConfig() or len(clips) != config.train_clips,
               "transformer_cut_clips": sum(c.cut_frame is not None for c in clips),
               **{key: round(seconds, 1) for key, seconds in timings.items()},
               "transformer_final_loss": final_loss(log, "transformer")}
