@@ -1,4 +1,4 @@
-"""How the sampler settings change what the shipped SpriteWorld model generates.
+"""How the sampler settings change what the shipped SpriteWorld model (or `--path`'s) generates.
 
 For each CFG scale and flow shift: frame 0 against the conditioning frame, the never-covered scene, sharpness,
 every sprite kept as an object in the last frame, every sprite animated and drifting sprites moving the way the
@@ -26,13 +26,15 @@ from ffstudy.spriteworld.pretrain import EVAL_SEED0
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--path", help="a SpriteWorld model folder (default: the shipped model), e.g. from "
+                        "transformer_stage.py --save")
     parser.add_argument("--settings", nargs="+", default=["6:5", "1:5"], metavar="CFG:SHIFT")
     parser.add_argument("--first-seed", type=int, default=EVAL_SEED0)
     parser.add_argument("--videos", type=int, default=40)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    pipe = load_pipeline("spriteworld")
+    pipe = load_pipeline("spriteworld", path=args.path)
     seeds = range(args.first_seed, args.first_seed + args.videos)
     print(f"seeds {seeds.start}–{seeds.stop - 1}, {args.steps} steps\n")
     print("| CFG | shift | frame 0 | scene | sharpness | kept | animated | right direction | seconds |\n"
