@@ -21,7 +21,9 @@ import torch
 
 from ffstudy.models import load_pipeline
 from ffstudy.spriteworld.evaluate import control_metrics, generation_metrics
+from ffstudy.spriteworld.metrics import sprites_found
 from ffstudy.spriteworld.pretrain import EVAL_SEED0
+from ffstudy.viz import contact_sheet, save_sheet
 
 
 def main() -> None:
@@ -32,6 +34,8 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=EVAL_SEED0)
     parser.add_argument("--videos", type=int, default=40)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sheet", help="also write a contact sheet (PNG): the first 4 clips, each above its video "
+                        "at every setting")
     args = parser.parse_args()
     torch.set_num_threads(2)
     pipe = load_pipeline("spriteworld", path=args.path)
@@ -42,17 +46,25 @@ def main() -> None:
     m = control_metrics(pipe, seeds)["VAE round trip"]  # the same for every sampler
     print(f"| VAE round trip | | {m['frame0_psnr']:.1f} dB | {m['scene_psnr']:.1f} dB | {m['sharpness_ratio']:.2f} "
           f"| {m['kept']:.1%} | {m['animated']:.1%} | {m['direction_ok']:.1%} | |", flush=True)
+    sheet = {}  # seed -> rows of the contact sheet
     for setting in args.settings:
         try:
             guidance, shift = (float(v) for v in setting.split(":"))
         except ValueError:
             parser.error(f"--settings {setting}: write CFG:SHIFT, e.g. 1:5")
         started = time.perf_counter()
-        m = generation_metrics(pipe, seeds, args.steps, guidance_scale=guidance, flow_shift=shift)
+        videos = []
+        m = generation_metrics(pipe, seeds, args.steps, guidance_scale=guidance, flow_shift=shift, videos=videos)
+        for clip, frames, _ in videos[:4]:
+            found = sum(f is not None for f in sprites_found(frames, clip))
+            sheet.setdefault(clip.seed, [(f"seed {clip.seed}\nreal clip", clip.frames)]).append(
+                (f"CFG {guidance:g}, shift {shift:g}\nfound in last frame:\n{found} of {len(clip.sprites)}", frames))
         print(f"| {guidance:g} | {shift:g} | {m['frame0_psnr']:.1f} dB | {m['scene_psnr']:.1f} dB "
               f"| {m['sharpness_ratio']:.2f} | {m['kept']:.1%} | {m['animated']:.1%} | {m['direction_ok']:.1%} "
               f"| {time.perf_counter() - started:.0f} |", flush=True)
         print(json.dumps({"guidance_scale": guidance, "flow_shift": shift, **m}), flush=True)
+    if args.sheet:
+        save_sheet(contact_sheet([row for rows in sheet.values() for row in rows]), args.sheet)
 
 
 if __name__ == "__main__":
