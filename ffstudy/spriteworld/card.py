@@ -489,7 +489,7 @@ def main(argv=None) -> int:
     else:
         generated: list = []
         evaluation = evaluate(pipe, videos=args.videos, generated=generated)
-        save_sheet(generation_sheet(generated[:SHEET_VIDEOS]), folder / "generated-sheet.png")
+        save_sheet(generation_sheet({"generated": generated[:SHEET_VIDEOS]}), folder / "generated-sheet.png")
         write_json(folder / "evaluation.json", evaluation)
     training = json.loads((folder / "training.json").read_text())
 

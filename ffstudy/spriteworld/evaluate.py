@@ -202,16 +202,18 @@ def generation_seconds(pipe, world: WorldConfig = WorldConfig(), steps: int = 20
 SHEET_VIDEOS = 8  # held-out clips on the card's contact sheet
 
 
-def generation_sheet(generated: list):
-    """A contact sheet of (clip, generated frames, measures): each real clip above the video generated from its
-    first frame, every 4th frame, labelled with the figures the card quotes."""
+def generation_sheet(runs: dict[str, list]):
+    """A contact sheet of lists of (clip, generated frames, measures) on the same clips, by name (the card's one
+    run, or sampler settings): each real clip above the video each run generated from its first frame, every 4th
+    frame, labelled with the figures the card quotes."""
     from ..viz import contact_sheet
 
     rows = []
-    for clip, frames, row in generated:
-        rows += [(f"seed {clip.seed}\nreal clip", clip.frames),
-                 (f"generated\nframe 0 {row['frame0_psnr']:.1f} dB\nscene {row['scene_psnr']:.1f} dB\n"
-                  f"kept: {'yes' if row['kept'] else 'no'}", frames)]
+    for videos in zip(*runs.values()):
+        clip = videos[0][0]
+        rows.append((f"seed {clip.seed}\nreal clip", clip.frames))
+        rows += [(f"{name}\nframe 0 {row['frame0_psnr']:.1f} dB\nscene {row['scene_psnr']:.1f} dB\n"
+                  f"kept: {'yes' if row['kept'] else 'no'}", frames) for name, (_, frames, row) in zip(runs, videos)]
     return contact_sheet(rows)
 
 

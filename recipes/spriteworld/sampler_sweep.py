@@ -20,10 +20,9 @@ import time
 import torch
 
 from ffstudy.models import load_pipeline
-from ffstudy.spriteworld.evaluate import control_metrics, generation_metrics
-from ffstudy.spriteworld.metrics import sprites_found
+from ffstudy.spriteworld.evaluate import control_metrics, generation_metrics, generation_sheet
 from ffstudy.spriteworld.pretrain import EVAL_SEED0
-from ffstudy.viz import contact_sheet, save_sheet
+from ffstudy.viz import save_sheet
 
 
 def main() -> None:
@@ -46,7 +45,7 @@ def main() -> None:
     m = control_metrics(pipe, seeds)["VAE round trip"]  # the same for every sampler
     print(f"| VAE round trip | | {m['frame0_psnr']:.1f} dB | {m['scene_psnr']:.1f} dB | {m['sharpness_ratio']:.2f} "
           f"| {m['kept']:.1%} | {m['animated']:.1%} | {m['direction_ok']:.1%} | |", flush=True)
-    sheet = {}  # seed -> rows of the contact sheet
+    sheet = {}  # setting -> its first 4 (clip, video, measures)
     for setting in args.settings:
         try:
             guidance, shift = (float(v) for v in setting.split(":"))
@@ -55,16 +54,13 @@ def main() -> None:
         started = time.perf_counter()
         videos = []
         m = generation_metrics(pipe, seeds, args.steps, guidance_scale=guidance, flow_shift=shift, videos=videos)
-        for clip, frames, _ in videos[:4]:
-            found = sum(f is not None for f in sprites_found(frames, clip))
-            sheet.setdefault(clip.seed, [(f"seed {clip.seed}\nreal clip", clip.frames)]).append(
-                (f"CFG {guidance:g}, shift {shift:g}\nfound in last frame:\n{found} of {len(clip.sprites)}", frames))
+        sheet[f"CFG {guidance:g}, shift {shift:g}"] = videos[:4]
         print(f"| {guidance:g} | {shift:g} | {m['frame0_psnr']:.1f} dB | {m['scene_psnr']:.1f} dB "
               f"| {m['sharpness_ratio']:.2f} | {m['kept']:.1%} | {m['animated']:.1%} | {m['direction_ok']:.1%} "
               f"| {time.perf_counter() - started:.0f} |", flush=True)
         print(json.dumps({"guidance_scale": guidance, "flow_shift": shift, **m}), flush=True)
     if args.sheet:
-        save_sheet(contact_sheet([row for rows in sheet.values() for row in rows]), args.sheet)
+        save_sheet(generation_sheet(sheet), args.sheet)
 
 
 if __name__ == "__main__":
