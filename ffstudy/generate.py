@@ -25,7 +25,7 @@ from PIL import Image
 
 from .compose import Composite, letterbox
 from .io import atomic_path, exclusive_output, load_image, save_image, to_uint8, write_json, write_video
-from .models import backbone_of, ffgo_scheduler, sigma_schedule_of
+from .models import at_flow_shift, backbone_of, is_stochastic, sigma_schedule_of
 
 TRIGGER = "ad23r2 the camera view suddenly changes."
 WAN_NEGATIVE_PROMPT = (
@@ -188,6 +188,8 @@ def generate(
     for Wan). ``guidance_scale_2`` (low-noise expert) defaults to ``guidance_scale``;
     ``boundary_ratio`` only matters for two-expert backbones. ``trigger=None`` leaves the prompt alone.
     ``max_sequence_length`` defaults to the text length the backbone was trained with (512 for Wan).
+    The sampler is ``pipe.scheduler`` at ``flow_shift``: FFGo's UniPC as loaded, or a diffusers
+    ``FlowMatchEulerDiscreteScheduler`` you set (with ``stochastic_sampling=True`` too, seeded by ``seed``).
     With ``output_dir`` the result is also saved there; the folder is checked, and held against other runs,
     before sampling.
     """
@@ -211,9 +213,11 @@ def generate(
     with contextlib.ExitStack() as held:
         if output_dir is not None:  # checked and held before sampling, which may take hours
             held.enter_context(exclusive_output(output_dir, OUTPUT_NAMES, "output_dir"))
-        if pipe.scheduler.config.get("flow_shift") != flow_shift:
-            pipe.scheduler = ffgo_scheduler(pipe.scheduler.config, flow_shift=flow_shift,
-                                            sigma_schedule=sigma_schedule_of(pipe.scheduler))
+        pipe.scheduler = at_flow_shift(pipe.scheduler, flow_shift)
+        if is_stochastic(pipe.scheduler):  # diffusers' Wan pipelines give scheduler.step no generator, so its
+            # fresh noise comes from torch's global RNG: seeded here, in a fork, so the seed fixes the video
+            held.enter_context(torch.random.fork_rng(devices=range(torch.cuda.device_count())))
+            torch.manual_seed(seed)
         two_experts = getattr(pipe, "transformer_2", None) is not None
         if two_experts and guidance_scale_2 is None:
             guidance_scale_2 = guidance_scale
@@ -236,7 +240,8 @@ def generate(
                         height=height, width=width, num_inference_steps=num_inference_steps,
                         guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2 if two_experts else None,
                         boundary_ratio=boundary_ratio if two_experts else None, flow_shift=flow_shift,
-                        sigma_schedule=sigma_schedule_of(pipe.scheduler), seed=seed,
+                        sigma_schedule=sigma_schedule_of(pipe.scheduler), scheduler=type(pipe.scheduler).__name__,
+                        stochastic_sampling=is_stochastic(pipe.scheduler), seed=seed,
                         drop_first_frames=drop_first_frames, fps=fps)
         video = FFGoVideo(frames[drop_first_frames:], frames[:drop_first_frames], first_frame, full_prompt,
                           settings, fps)

@@ -126,6 +126,28 @@ def ffgo_scheduler(config=None, flow_shift: float = 5.0, sigma_schedule: str = "
     return use_official_sigmas(scheduler) if sigma_schedule == "official" else scheduler
 
 
+def at_flow_shift(scheduler, flow_shift: float):
+    """``scheduler`` set to sample at ``flow_shift``. diffusers' flow-matching Euler sampler (``shift``; also
+    its ``stochastic_sampling`` variant) is kept and only re-shifted, so a pipeline's ``pipe.scheduler =
+    FlowMatchEulerDiscreteScheduler(...)`` is honoured; any other scheduler becomes :func:`ffgo_scheduler` at that
+    shift, keeping its sigma grid."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        if scheduler.config.shift == flow_shift and not scheduler.config.use_dynamic_shifting:
+            return scheduler
+        return FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, shift=flow_shift,
+                                                          use_dynamic_shifting=False)
+    if scheduler.config.get("flow_shift") == flow_shift:
+        return scheduler
+    return ffgo_scheduler(scheduler.config, flow_shift=flow_shift, sigma_schedule=sigma_schedule_of(scheduler))
+
+
+def is_stochastic(scheduler) -> bool:
+    """Whether ``scheduler`` draws fresh noise at each step (diffusers' ``stochastic_sampling``)."""
+    return bool(scheduler.config.get("stochastic_sampling", False))
+
+
 def sigma_schedule_of(scheduler) -> str:
     """``"official"`` for :func:`ffgo_scheduler`'s official sampler, else ``"diffusers"``."""
     from .schedulers import has_official_sigmas

@@ -120,8 +120,9 @@ print("colours within the identification tolerance after the VAE:",
 # %% [markdown]
 # Every sprite colour comes back within the tolerance the sprite detector uses, but the sprites' sharp edges come
 # back blurred: their pixels score well below the scene's. The model card measured, on 120 held-out clips, how
-# often every first-frame sprite is still found as an object (its colour, its area, its shape) in the last frame —
-# for the generated videos and for four controls (`evaluation.json`, beside the weights):
+# often every first-frame sprite is still found as an object (its colour, its area, roughly its shape: a disc of the
+# right size passes for most shapes) in the last frame — for the generated videos and for four controls
+# (`evaluation.json`, beside the weights):
 
 # %%
 import json

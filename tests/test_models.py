@@ -130,6 +130,29 @@ def test_sigma_schedule_is_a_setting_that_survives_a_new_shift(tiny_pipe, cutout
                                                         comp, "x", **kwargs).frames)
 
 
+def test_a_flow_euler_scheduler_set_by_the_user_is_kept_reshifted_and_seeded(cutout, plate):
+    """``pipe.scheduler = FlowMatchEulerDiscreteScheduler(...)`` is honoured, not swapped for UniPC; its
+    stochastic variant draws step noise from torch's global RNG (the Wan pipeline gives it no generator), so
+    generate seeds that in a fork: the seed fixes the video and the caller's RNG is left as it was."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    comp = compose_first_frame([cutout], plate)
+    kwargs = dict(num_inference_steps=3, progress=False, height=64, width=112, num_frames=9)
+    pipe = load_pipeline("tiny-wan2.2-i2v")  # not the shared one: its scheduler is changed here
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, stochastic_sampling=True)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = generate(pipe, comp, "x", seed=1, **kwargs)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and pipe.scheduler.config.shift == 5.0
+    assert first.settings["scheduler"] == "FlowMatchEulerDiscreteScheduler" and first.settings["stochastic_sampling"]
+    assert np.array_equal(first.frames, generate(pipe, comp, "x", seed=1, **kwargs).frames)
+    assert not np.array_equal(first.frames, generate(pipe, comp, "x", seed=2, **kwargs).frames)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)  # the same sampler without fresh noise
+    ode = generate(pipe, comp, "x", seed=1, **kwargs)
+    assert not ode.settings["stochastic_sampling"] and not np.array_equal(first.frames, ode.frames)
+
+
 @pytest.mark.filterwarnings("ignore:.*on the CPU will take hours")
 def test_saved_pipelines_are_standard_diffusers_folders(tmp_path, tiny_pipe):
     """The official schedule lives on a plain UniPCMultistepScheduler: a folder ffstudy saves names only diffusers

@@ -188,8 +188,9 @@ shape with IoU ≥ {MIN_SHAPE_IOU:g} once their centres are aligned, whose outli
 than {STRAY_MARGIN} pixels from it. Scattered pixels of the right colour are not a sprite, and neither is a sprite
 melted into a lumpy blob with fragments: the "sprites melted" column replaces every sprite by such a blob of its
 colour and area. At the VAE's resolution a compact blob can still pass, so that column is not zero; read the
-generated share against it, and look at the contact sheet. In brackets after a share: its 95% Wilson score interval
-over the videos measured (`share_interval`).
+generated share against it, and look at the contact sheet. The shape test is weaker than it reads: a disc of the
+sprite's colour and area passes it for a star, square, triangle or diamond (`recipes/spriteworld/shape_check.py`).
+In brackets after a share: its 95% Wilson score interval over the videos measured (`share_interval`).
 
 Probe retrieval accuracy per block (teacher-forced: each held-out clip noised to σ ∈ {e['probe']['sigmas']} and
 denoised once with `FirstFrameProbe`; for later-frame tokens whose ground-truth sprite is k, the share whose largest

@@ -115,7 +115,7 @@ def find_sprite(frame: np.ndarray, sprite: SpriteSpec, size: float | None = None
     partly occluded sprite — of ``visible``, its ground-truth visible mask, with few pixels of its colours strewn
     elsewhere (``MAX_STRAY``; pixels that also match one of the ``others`` colours, the clip's other sprites, are
     theirs, and so are pixels where the clean ``scene`` plate itself has the colour, as a tinted speckled field
-    can). Returns the region's centroid, area, IoU and stray share, or None."""
+    can). Returns the region's centroid, area, IoU, stray share and mask (``region``), or None."""
     from scipy import ndimage
 
     shapes = [sprite_template(sprite, sprite.size if size is None else size)]
@@ -146,7 +146,7 @@ def find_sprite(frame: np.ndarray, sprite: SpriteSpec, size: float | None = None
             if stray <= MAX_STRAY and solidity(region) >= least_solidity[id(shape)]:
                 ys, xs = np.nonzero(region)
                 best = {"centroid": (float(xs.mean()), float(ys.mean())), "area": area, "iou": iou,
-                        "stray": float(stray)}
+                        "stray": float(stray), "region": region}
     return best
 
 

@@ -30,10 +30,18 @@ from ffstudy.viz import contact_sheet, save_sheet
 FRAMES = (4, 8, 12, 16)
 
 
-def found_by_frame(videos, clips) -> list[float]:
-    """Share of all sprites found as objects, per frame of ``FRAMES``."""
+# --by-motion: is a sprite lost because the model cannot tell where it goes? Grow and shrink never leave their place
+MOTION_GROUPS = {"in place (grow, shrink)": ("grow", "shrink"), "drifting (left, right, up, down)":
+                 ("left", "right", "up", "down"), "bouncing or orbiting (direction not in the caption)":
+                 ("bounce", "orbit")}
+
+
+def found_by_frame(videos, clips, motions=None) -> list[float]:
+    """Share of all sprites (only those moving by one of ``motions``, if given) found as objects, per frame of
+    ``FRAMES``."""
     return [float(np.mean([found is not None for video, clip in zip(videos, clips)
-                           for found in sprites_found(video, clip, frame=t)])) for t in FRAMES]
+                           for sprite, found in zip(clip.sprites, sprites_found(video, clip, frame=t))
+                           if motions is None or sprite.motion in motions])) for t in FRAMES]
 
 
 def main() -> None:
@@ -45,6 +53,7 @@ def main() -> None:
                         help="the recipe's first training clips, as the transformer saw them, instead of held-out ones")
     parser.add_argument("--sheet", help="also write a contact sheet (PNG) of the first 4 clips above their generated videos")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    parser.add_argument("--by-motion", action="store_true", help="also the table for each group of motions")
     args = parser.parse_args()
     torch.set_num_threads(2)
     pipe = load_pipeline(args.model, path=args.path)
@@ -57,14 +66,23 @@ def main() -> None:
     where = "training clips" if args.training_clips else f"held-out clips from seed {EVAL_SEED0}"
     print(f"{args.clips} {where}; share of sprites found as objects in frame "
           + " / ".join(map(str, FRAMES)) + "\n")
-    print("| video | " + " | ".join(f"frame {t}" for t in FRAMES) + " |\n|---|" + "---|" * len(FRAMES))
     rows = {"real clip": [clip.frames for clip in clips]}
     for sigma in args.sigmas:
         rows[f"teacher-forced, σ = {sigma:g}"] = [predicted_video(pipe, teacher_forced(e, sigma, clip.seed), sigma)
                                                  for e, clip in zip(encoded, clips)]
     rows["generated, 20 steps"] = [generate_from_first_frame(pipe, clip, clip.seed).frames for clip in clips]
-    for name, videos in rows.items():
-        print(f"| {name} | " + " | ".join(f"{share:.0%}" for share in found_by_frame(videos, clips)) + " |")
+    groups = {"all sprites": None, **(MOTION_GROUPS if args.by_motion else {})}
+    for group, motions in groups.items():
+        if args.by_motion:
+            count = sum(motions is None or s.motion in motions for clip in clips for s in clip.sprites)
+            print(f"{group}: {count} sprites\n")
+            if not count:
+                continue
+        print("| video | " + " | ".join(f"frame {t}" for t in FRAMES) + " |\n|---|" + "---|" * len(FRAMES))
+        for name, videos in rows.items():
+            print(f"| {name} | " + " | ".join(f"{share:.0%}" for share in found_by_frame(videos, clips, motions))
+                  + " |")
+        print()
     if args.sheet:
         sheet = []
         for clip, video in list(zip(clips, rows["generated, 20 steps"]))[:4]:
