@@ -14,7 +14,8 @@ that much, so this script looks at the shapes the detector accepts. On the last 
 it prints how many sprites the detector finds, and for the found ones, by shape: the mean IoU of the region with the
 sprite's silhouette (or, as the detector allows, its visible part) and with a disc, each at its best size within
 the detector's area band around the sprite's true area (centroids aligned, as the detector does), and how many
-regions match the disc better.
+regions match the disc better. Last, per video: the share that keeps every sprite as the card counts it ("kept"), and
+the share that would if a sprite other than a circle also had to match its silhouette better than a disc.
 
     .venv/bin/python recipes/spriteworld/shape_check.py --clips 40 --stochastic    # about 5 minutes on 2 cores
     .venv/bin/python recipes/spriteworld/shape_check.py --clips 4 --stochastic --sheet shapes-sheet.png
@@ -93,6 +94,7 @@ def main() -> None:
     kinds = ["real clip", "discs (control)", "VAE round trip", "generated"] + (
         ["generated, stochastic sampler"] if args.stochastic else [])
     found = {kind: [] for kind in kinds}  # (shape, None if not found else (IoU with its silhouette, with a disc))
+    kept = {kind: [] for kind in kinds}  # per video: (every sprite found, every sprite found and not disc-like)
     sheet = []
     for seed in range(EVAL_SEED0, EVAL_SEED0 + args.clips):
         clip = generate_clip(seed, WorldConfig(), cut=False)
@@ -106,13 +108,18 @@ def main() -> None:
         if len(sheet) < 4 * len(kinds):
             sheet += [(f"seed {seed}\n{kind}" if kind == kinds[0] else kind, videos[kind]) for kind in kinds]
         for kind, video in videos.items():
+            shaped = []
             for k, (sprite, hit) in enumerate(zip(clip.sprites, sprites_found(video, clip, frame=-1))):
                 size, visible = sprite_sizes(sprite, len(clip.frames))[-1], clip.masks[-1] == k + 1
                 found[kind].append((sprite.shape, hit and own_and_disc(hit["region"], sprite, size, visible)))
+                shaped.append(hit is not None and (sprite.shape == "circle" or found[kind][-1][1][0] >
+                                                   found[kind][-1][1][1]))
+            kept[kind].append((all(ious is not None for _, ious in found[kind][-len(clip.sprites):]), all(shaped)))
     shapes = sorted({shape for rows in found.values() for shape, _ in rows})
     print(f"{args.clips} held-out clips from seed {EVAL_SEED0}, last frame; per shape: found of all, mean IoU with "
           "its silhouette / with a disc, how many found match the disc better\n")
-    print("| video | found | " + " | ".join(shapes) + " |\n|---|---|" + "---|" * len(shapes))
+    print("| video | found | " + " | ".join(shapes) + " | kept | kept, shapes beating a disc |\n|---|---|"
+          + "---|" * (len(shapes) + 2))
     for kind, rows in found.items():
         cells = []
         for shape in shapes:
@@ -121,7 +128,8 @@ def main() -> None:
             cells.append(f"{len(mine)}/{total}" + (f", {np.mean([o for o, _ in mine]):.2f} / "
                                                     f"{np.mean([d for _, d in mine]):.2f}, "
                                                     f"{sum(d > o for o, d in mine)} disc" if mine else ""))
-        print(f"| {kind} | {sum(ious is not None for _, ious in rows)}/{len(rows)} | " + " | ".join(cells) + " |")
+        print(f"| {kind} | {sum(ious is not None for _, ious in rows)}/{len(rows)} | " + " | ".join(cells)
+              + f" | {np.mean([a for a, _ in kept[kind]]):.1%} | {np.mean([b for _, b in kept[kind]]):.1%} |")
     if args.sheet:
         save_sheet(contact_sheet(sheet), args.sheet)
 
