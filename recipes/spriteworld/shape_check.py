@@ -78,7 +78,7 @@ def own_and_disc(region: np.ndarray, sprite, size: float, visible: np.ndarray) -
     silhouettes = [sprite_template(sprite, size * scale) for scale in SCALES]
     if visible.sum() >= 4:
         silhouettes.append(visible)
-    return best_iou(region, silhouettes), best_iou(region, discs_of_area(silhouettes[len(SCALES) // 2].sum()))
+    return best_iou(region, silhouettes), best_iou(region, discs_of_area(sprite_template(sprite, size).sum()))
 
 
 def main() -> None:
@@ -108,13 +108,14 @@ def main() -> None:
         if len(sheet) < 4 * len(kinds):
             sheet += [(f"seed {seed}\n{kind}" if kind == kinds[0] else kind, videos[kind]) for kind in kinds]
         for kind, video in videos.items():
-            shaped = []
+            hits, shaped = [], []
             for k, (sprite, hit) in enumerate(zip(clip.sprites, sprites_found(video, clip, frame=-1))):
                 size, visible = sprite_sizes(sprite, len(clip.frames))[-1], clip.masks[-1] == k + 1
-                found[kind].append((sprite.shape, hit and own_and_disc(hit["region"], sprite, size, visible)))
-                shaped.append(hit is not None and (sprite.shape == "circle" or found[kind][-1][1][0] >
-                                                   found[kind][-1][1][1]))
-            kept[kind].append((all(ious is not None for _, ious in found[kind][-len(clip.sprites):]), all(shaped)))
+                ious = hit and own_and_disc(hit["region"], sprite, size, visible)
+                found[kind].append((sprite.shape, ious))
+                hits.append(ious is not None)
+                shaped.append(ious is not None and (sprite.shape == "circle" or ious[0] > ious[1]))
+            kept[kind].append((all(hits), all(shaped)))
     shapes = sorted({shape for rows in found.values() for shape, _ in rows})
     print(f"{args.clips} held-out clips from seed {EVAL_SEED0}, last frame; per shape: found of all, mean IoU with "
           "its silhouette / with a disc, how many found match the disc better\n")
