@@ -22,7 +22,8 @@ from ..data import TrainingClip, encode_clip, video_frames, video_tensor
 from ..generate import FFGoVideo, generate
 from ..probe import FirstFrameProbe
 from ..train import sample_flow_inputs
-from .metrics import clip_fidelity, first_frame_entities, masked_psnr, melt_sprites, psnr, retrieval_accuracy
+from .metrics import (clip_fidelity, first_frame_entities, masked_psnr, melt_sprites, psnr, retrieval_accuracy,
+                      sprites_as_discs)
 from .pretrain import EVAL_SEED0
 from .world import COLOURS, WorldConfig, generate_clip
 
@@ -89,14 +90,17 @@ def decode_normalised(vae, z: torch.Tensor) -> np.ndarray:
 
 
 def control_videos(vae, clip, seed: int) -> dict[str, np.ndarray]:
-    """The controls for ``clip``: itself, its VAE round trip (both should pass), decoded noise, its first frame
-    held still and its sprites melted into blobs of their colour and area (should fail: noise everything, the
-    frozen frame the animation, the melted sprites the objects). A clip that cuts has no melted control."""
+    """The controls for ``clip``: itself and its VAE round trip (should pass), decoded noise, its first frame held
+    still, its sprites melted into lumpy blobs of their colour and area, and its sprites painted as discs of their
+    colour and area (should fail: noise everything, the frozen frame the animation, the melted sprites and the discs
+    the objects). A clip that cuts has neither of the last two; a clip whose sprites are all circles has no discs."""
     videos = {"real clip": clip.frames, "VAE round trip": reconstruct(vae, clip.frames),
               "decoded N(0,1) latents": decoded_noise(vae, clip.frames, seed),
               "first frame held still": np.repeat(clip.frames[:1], len(clip.frames), 0)}
     if clip.cut_frame is None:
         videos["sprites melted"] = melt_sprites(clip, seed)
+        if any(sprite.shape != "circle" for sprite in clip.sprites):
+            videos["sprites as discs"] = sprites_as_discs(clip)
     return videos
 
 

@@ -55,7 +55,10 @@ def colour_mask(frame: np.ndarray, colour: str, tolerance: float = COLOUR_TOLERA
 
 # --------------------------------------------------------------------------------------------- objects
 # A sprite is found when one connected region of its colours has the area of the sprite (within AREA_BAND of the
-# ground-truth area), its shape (IoU >= MIN_SHAPE_IOU with the template, centroids aligned) and no more than
+# ground-truth area), its shape (IoU >= MIN_SHAPE_IOU with the template, centroids aligned, and — for every shape
+# but the circle — a better IoU with its own silhouette than with any disc of an area in the band: a disc overlaps a
+# star, a triangle or a ring with IoU 0.66-0.78, above MIN_SHAPE_IOU, so without this a blob passes for any shape)
+# and no more than
 # MAX_STRAY of its area in pixels of its colours elsewhere (farther than STRAY_MARGIN pixels from the region): a
 # sprite that melts leaves fragments around a blob of roughly the right size. Colour pixels scattered anywhere —
 # what decoded noise produces — are no object either: the controls in the tests and on the card check that noise,
@@ -67,6 +70,9 @@ MIN_SOLIDITY = 0.85  # of the template's: melting makes a lumpy outline
 STRAY_MARGIN = 3
 MIN_MOVE_PIXELS = 3.0  # centroid shift, first to last frame, that counts as moving
 MIN_RESIZE = 1.25  # area ratio, first to last frame, that counts as growing or shrinking
+
+
+BAND_SCALES = np.sqrt(np.linspace(*AREA_BAND, 13))  # linear scales whose areas span AREA_BAND
 
 
 def sprite_template(sprite: SpriteSpec, size: float) -> np.ndarray:
@@ -97,6 +103,27 @@ def shape_iou(region: np.ndarray, template: np.ndarray, search: int = 2) -> floa
                      for dy in range(-search, search + 1) for dx in range(-search, search + 1)))
 
 
+def disc(area: float) -> np.ndarray:
+    """A pixel disc of ``area`` pixels (about)."""
+    radius = np.sqrt(area / np.pi)
+    reach = int(np.ceil(radius)) + 1
+    yy, xx = np.mgrid[-reach:reach + 1, -reach:reach + 1]
+    return xx ** 2 + yy ** 2 <= radius ** 2
+
+
+def own_and_disc_iou(region: np.ndarray, sprite: SpriteSpec, size: float,
+                     visible: np.ndarray | None = None) -> tuple[float, float]:
+    """IoU of ``region`` with the sprite's silhouette and with a disc, each at its best size within ``AREA_BAND``
+    of the sprite's area at ``size`` (the silhouette also as ``visible``, the ground truth's visible part, shows it
+    for a sprite partly hidden): the region is the sprite's shape only if the first is the larger."""
+    silhouettes = [sprite_template(sprite, size * scale) for scale in BAND_SCALES]
+    if visible is not None and visible.sum() >= 4:
+        silhouettes.append(_crop(visible))
+    area = sprite_template(sprite, size).sum()
+    own = max(shape_iou(region, shape) for shape in silhouettes)
+    return own, max(shape_iou(region, disc(area * scale ** 2)) for scale in BAND_SCALES)
+
+
 def solidity(mask: np.ndarray) -> float:
     """Area over convex-hull area of a pixel mask: 1 for a square or a disc, lower for a star, a ring's outline or
     a lumpy blob."""
@@ -109,16 +136,19 @@ def solidity(mask: np.ndarray) -> float:
 
 def find_sprite(frame: np.ndarray, sprite: SpriteSpec, size: float | None = None,
                 visible: np.ndarray | None = None, others: tuple[str, ...] = (),
-                scene: np.ndarray | None = None) -> dict | None:
+                scene: np.ndarray | None = None, reject_discs: bool = True) -> dict | None:
     """The sprite as an object in ``frame``: the connected region of its colours whose area is within
     ``AREA_BAND`` of the sprite's at ``size`` (default: nominal) and whose shape matches its template, or — for a
     partly occluded sprite — of ``visible``, its ground-truth visible mask, with few pixels of its colours strewn
     elsewhere (``MAX_STRAY``; pixels that also match one of the ``others`` colours, the clip's other sprites, are
     theirs, and so are pixels where the clean ``scene`` plate itself has the colour, as a tinted speckled field
-    can). Returns the region's centroid, area, IoU, stray share and mask (``region``), or None."""
+    can); a sprite other than a circle must also match its silhouette better than a disc (``own_and_disc_iou``;
+    ``reject_discs=False`` drops that test, to show what it changes).
+    Returns the region's centroid, area, IoU, stray share, IoU with the best disc and mask (``region``), or None."""
     from scipy import ndimage
 
-    shapes = [sprite_template(sprite, sprite.size if size is None else size)]
+    size = sprite.size if size is None else size
+    shapes = [sprite_template(sprite, size)]
     if visible is not None and visible.sum() >= 4:
         shapes.append(_crop(visible))
     least_solidity = {id(shape): MIN_SOLIDITY * solidity(shape) for shape in shapes}
@@ -138,25 +168,32 @@ def find_sprite(frame: np.ndarray, sprite: SpriteSpec, size: float | None = None
     best = None
     for region, shape in ((region, shape) for region in regions for shape in shapes):
         area = int(region.sum())
-        if AREA_BAND[0] <= area / shape.sum() <= AREA_BAND[1]:
-            iou = shape_iou(region, shape)
-            if iou < MIN_SHAPE_IOU or (best is not None and iou <= best["iou"]):
-                continue
-            stray = (own & ~ndimage.binary_dilation(region, iterations=STRAY_MARGIN)).sum() / shape.sum()
-            if stray <= MAX_STRAY and solidity(region) >= least_solidity[id(shape)]:
-                ys, xs = np.nonzero(region)
-                best = {"centroid": (float(xs.mean()), float(ys.mean())), "area": area, "iou": iou,
-                        "stray": float(stray), "region": region}
+        if not AREA_BAND[0] <= area / shape.sum() <= AREA_BAND[1]:
+            continue
+        iou = shape_iou(region, shape)
+        if iou < MIN_SHAPE_IOU or (best is not None and iou <= best["iou"]):
+            continue
+        stray = (own & ~ndimage.binary_dilation(region, iterations=STRAY_MARGIN)).sum() / shape.sum()
+        if stray > MAX_STRAY or solidity(region) < least_solidity[id(shape)]:
+            continue
+        own_iou, disc_iou = (iou, iou) if sprite.shape == "circle" else own_and_disc_iou(region, sprite, size, visible)
+        if reject_discs and sprite.shape != "circle" and own_iou <= disc_iou:
+            continue  # a blob of the right colour and size, not the sprite's shape
+        ys, xs = np.nonzero(region)
+        best = {"centroid": (float(xs.mean()), float(ys.mean())), "area": area, "iou": iou, "stray": float(stray),
+                "disc_iou": disc_iou, "region": region}
     return best
 
 
-def sprites_found(video: np.ndarray, clip: Clip, frame: int = -1, truth_frame: int | None = None) -> list[dict | None]:
+def sprites_found(video: np.ndarray, clip: Clip, frame: int = -1, truth_frame: int | None = None,
+                  reject_discs: bool = True) -> list[dict | None]:
     """Each of ``clip``'s sprites found as an object in ``video[frame]``, measured against its ground truth in the
     clip's frame ``truth_frame`` (default: the same index; the last frame for ``frame=-1``)."""
     t = (len(clip.frames) - 1 if frame == -1 else frame) if truth_frame is None else truth_frame
     colours, plate = [s.colour for s in clip.sprites], np.asarray(clip.background)
     return [find_sprite(video[frame], s, sprite_sizes(s, len(clip.frames))[t], clip.masks[t] == k + 1,
-                        tuple(c for c in colours if c != s.colour), plate) for k, s in enumerate(clip.sprites)]
+                        tuple(c for c in colours if c != s.colour), plate, reject_discs)
+            for k, s in enumerate(clip.sprites)]
 
 
 def sprites_kept(video: np.ndarray, clip: Clip) -> bool:
@@ -204,6 +241,29 @@ def melt_sprites(clip: Clip, seed: int = 0, reach: int = 6) -> np.ndarray:
             field[~ndimage.binary_dilation(sprite, iterations=reach)] = -np.inf
             frame[field >= np.sort(field.ravel())[-int(sprite.sum())]] = colour.round().astype(np.uint8)
     return video
+
+
+def sprites_as_discs(clip: Clip) -> np.ndarray:
+    """``clip`` with every sprite replaced, in every frame, by a disc of its colour and visible area at its centre
+    (sprites cleared to the clean plate first, larger discs painted behind): a round blob of the right colour, size
+    and motion. A control the object detector must reject for every sprite that is not a circle."""
+    from scipy import ndimage
+
+    if clip.cut_frame is not None:
+        raise ValueError(f"sprites_as_discs: clip {clip.seed} cuts to a second scene, whose plate is not kept; "
+                         "use a clip generated with cut=False")
+    frames, plate = clip.frames.copy(), np.asarray(clip.background)
+    yy, xx = np.mgrid[:frames.shape[1], :frames.shape[2]]
+    order = np.argsort([s.size for s in clip.sprites])[::-1]
+    for frame, mask in zip(frames, clip.masks):
+        covered = ndimage.binary_dilation(mask > 0, iterations=1)  # the anti-aliased edge too
+        frame[covered] = plate[covered]
+        for k in order:
+            if (sprite := mask == k + 1).any():
+                ys, xs = np.nonzero(sprite)
+                frame[(xx - xs.mean()) ** 2 + (yy - ys.mean()) ** 2 <= sprite.sum() / np.pi] = \
+                    COLOURS[clip.sprites[k].colour]
+    return frames
 
 
 def sharpness(video: np.ndarray) -> float:
