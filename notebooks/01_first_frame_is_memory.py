@@ -94,8 +94,8 @@ course.show_videos({"ground truth": clip.frames, "generated": video.frames})
 # at the video above before trusting any number: frame 0 and the scene come back, but the sprites lose their shape
 # within a few frames and drift as blobs of their colours. Is that the VAE? Send this very clip through it and
 # back, and compare the sprites' pixels with the scene's (ground-truth masks tell them apart). The VAE blurs sprites
-# more than the scene, but its round trips keep them whole far more often than the generated videos do (the model
-# card measures both on 120 clips): most of the loss happens in the transformer.
+# more than the scene and rounds their points and corners, yet its round trips keep them whole far more often than
+# the generated videos do (the model card measures both on 120 clips): both lose sprites, the transformer far more.
 
 # %%
 from ffstudy.spriteworld.evaluate import palette_fidelity, reconstruct
@@ -120,8 +120,8 @@ print("colours within the identification tolerance after the VAE:",
 # %% [markdown]
 # Every sprite colour comes back within the tolerance the sprite detector uses, but the sprites' sharp edges come
 # back blurred: their pixels score well below the scene's. The model card measured, on 120 held-out clips, how
-# often every first-frame sprite is still found as an object (its colour, its area, roughly its shape: a disc of the
-# right size passes for most shapes) in the last frame — for the generated videos and for four controls
+# often every first-frame sprite is still found as an object (its colour, its area and its shape: closer to its own
+# silhouette than to a disc of its size) in the last frame — for the generated videos and for six controls
 # (`evaluation.json`, beside the weights):
 
 # %%
@@ -136,11 +136,13 @@ for name, row in rows.items():
     print(f"  {name:<24} {row['kept']:6.1%}   (frame 0 {row['frame0_psnr']:4.1f} dB, scene {row['scene_psnr']:4.1f} dB)")
 
 # %% [markdown]
-# The VAE round trips keep most sprites whole; the generated videos almost none: the transformer, not the VAE, loses
-# them. Decoded noise keeps none, and a frozen first frame keeps many but animates none, which is why the card
-# reads "kept" together with "animated". The melted sprites are the detector's own test: lumpy blobs of the right
-# colour and area that it should reject, and mostly does. The probe looks at attention rather than pixels: it
-# measures how later frames read frame 0 while they are generated, whatever becomes of the sprites.
+# The VAE round trips keep every sprite whole in about a third of the clips (a small star comes back nearly round);
+# the generated videos in almost none: the VAE sets a low ceiling, and the transformer falls far below it. Decoded
+# noise keeps none, and a frozen first frame keeps many but animates none, which is why the card reads "kept"
+# together with "animated". The melted sprites and the discs are the detector's own tests: blobs of the right colour
+# and area, lumpy or round, that it should reject, and does (the discs always, the melted blobs mostly). The probe
+# looks at attention rather than pixels: it measures how later frames read frame 0 while they are generated, whatever
+# becomes of the sprites.
 
 # %% [markdown]
 # ## What the probe records

@@ -508,3 +508,5 @@ def test_the_plain_group_autoencoder_has_the_wan_vaes_latent_budget():
     assert torch.equal(model(later)[:, :, :13], out[:, :, :13])
     with pytest.raises(ValueError, match="16 frames; it takes 1 \\+ 4k"):
         model(video[:, :, :16])
+    wider = GroupAutoencoder(8, latent=32)  # --latents: more channels at the same 4x8x8 compression
+    assert wider.encode_group(torch.rand(1, 15, 16, 24)).shape == (1, 32, 2, 3) and wider(video).shape == video.shape

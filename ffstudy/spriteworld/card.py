@@ -242,7 +242,7 @@ def _composites(results: dict) -> int:
 
 
 def _scores(r: dict, composites: int) -> str:
-    return (f"{_share_interval(r['retention'], composites)} | {r['kept']:.1%} | {r['final_in_scene']:.1%} "
+    return (f"{_share_interval(r['retention'], r.get('videos', composites))} | {r['kept']:.1%} | {r['final_in_scene']:.1%} "
             f"| {r['background_psnr']:.1f} dB | {r['clean']:.1%}")
 
 
@@ -320,8 +320,10 @@ steps and {sampler}, measured after dropping the 4 transition frames. Training a
 {experiment_rows(runs, composites)}
 {control_rows(experiment, composites)}
 
-The control rows measure the held-out clips themselves and their VAE round trips after the first 4 frames (a LoRA
-can reach them), VAE-decoded N(0, 1) latents and the composite held still (what must fail).
+The control rows measure the held-out clips themselves and their VAE round trips after the first 4 frames (the
+round trips are the most a LoRA can reach through this VAE), VAE-decoded N(0, 1) latents, the composite held still,
+the sprites melted into lumpy blobs and the sprites painted as discs (what must fail; the discs only on composites
+with a sprite that is not a circle).
 
 Goals: {verdict}.
 {figure}{plain}"""

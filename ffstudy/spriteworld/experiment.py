@@ -206,8 +206,10 @@ def experiment_sheet(videos: dict[int, list]):
 
 
 def control_scores(vae, clips: list, world: WorldConfig, drop: int = TRANSITION_FRAMES) -> dict[str, dict]:
-    """:func:`mean_scores`' row for each control on ``clips``: the clips themselves and their VAE round trips after
-    the transition (should pass), decoded N(0, 1) latents and the composite held still (should fail)."""
+    """:func:`mean_scores`' row for each control on ``clips``, with the number of clips it was measured on: the clips
+    themselves and their VAE round trips after the transition (should pass), decoded N(0, 1) latents, the composite
+    held still, the sprites melted and the sprites as discs (should fail; the discs only for clips with a sprite that
+    is not a circle)."""
     from .evaluate import control_videos
 
     rows: dict[str, list] = {}
@@ -218,7 +220,7 @@ def control_scores(vae, clips: list, world: WorldConfig, drop: int = TRANSITION_
         videos["composite held still"] = np.repeat(np.asarray(composite.image)[None], len(clip.frames), 0)
         for name, frames in videos.items():
             rows.setdefault(name, []).append(measure(frames[drop:], clip))
-    return {name: _means(scores) for name, scores in rows.items()}
+    return {name: {**_means(scores), "videos": len(scores)} for name, scores in rows.items()}
 
 
 def ship_lora(results: dict, out: str | Path, n: int, destination: str | Path) -> Path:

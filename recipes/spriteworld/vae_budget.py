@@ -7,9 +7,14 @@ that budget on the recipe's training clips: frame 0 coded alone and each later g
 (frames stacked on channels) into one 16-channel latent per 8x8 block, as the causal Wan VAE codes a 17-frame clip
 into 5 latent frames. Like Wan's causal cache, a group's encoder also sees the previous frame and its decoder the
 previous latent frame. It measures them as the model card measures the VAE: PSNR per clip over all / sprite / scene
-pixels on seeds 1,000,000-1,000,019, uint8 frames in and out, averaged over clips.
+pixels on seeds 1,000,000-1,000,019, uint8 frames in and out, averaged over clips — and, since the card's sprite
+detector checks shapes (issue 36), as the card's "VAE round trip" control: the share of 40 held-out clips (seeds from
+1,000,000, no cut) whose round trip keeps every sprite as an object of its shape in the last frame. ``--latents``
+varies the latent channels at the same 4x8x8 compression (Wan 2.2's TI2V VAE has 48): does a wider latent keep the
+shapes that 16 channels round off?
 
     python recipes/spriteworld/vae_budget.py                                  # widths 24 and 48, 6,000 steps each (21 min)
+    python recipes/spriteworld/vae_budget.py --widths 24 --latents 16,32,64 --steps 5000 --every 2500
     python recipes/spriteworld/vae_budget.py --widths 24 --steps 600 --every 200 --json vae_budget.json
 """
 from __future__ import annotations
@@ -26,20 +31,20 @@ from tqdm import tqdm
 from ffstudy.data import video_frames, video_tensor
 from ffstudy.io import write_json
 from ffstudy.spriteworld.evaluate import region_psnr
+from ffstudy.spriteworld.metrics import sprites_kept
 from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, random_windows, reconstruction_loss,
                                           training_clips)
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
 
 GROUP = 4      # frames per latent frame after the first, as Wan's temporal compression
-LATENT = 16    # latent channels, as the SpriteWorld VAE's z_dim
 
 
-def encoder(inputs: int, width: int) -> nn.Sequential:
-    """Three stride-2 convolutions: 8x8 pixel blocks to ``LATENT`` channels."""
+def encoder(inputs: int, width: int, latent: int) -> nn.Sequential:
+    """Three stride-2 convolutions: 8x8 pixel blocks to ``latent`` channels."""
     w1, w2 = width, 2 * width
     return nn.Sequential(nn.Conv2d(inputs, w1, 3, padding=1), nn.SiLU(), nn.Conv2d(w1, w1, 4, 2, 1), nn.SiLU(),
                          nn.Conv2d(w1, w2, 4, 2, 1), nn.SiLU(), nn.Conv2d(w2, w2, 4, 2, 1), nn.SiLU(),
-                         nn.Conv2d(w2, LATENT, 3, padding=1))
+                         nn.Conv2d(w2, latent, 3, padding=1))
 
 
 def decoder(inputs: int, outputs: int, width: int) -> nn.Sequential:
@@ -51,14 +56,15 @@ def decoder(inputs: int, outputs: int, width: int) -> nn.Sequential:
 
 
 class GroupAutoencoder(nn.Module):
-    """Frame 0 alone, then groups of ``GROUP`` frames, each into one ``LATENT``-channel latent frame at 1/8 size."""
+    """Frame 0 alone, then groups of ``GROUP`` frames, each into one ``latent``-channel latent frame at 1/8 size
+    (16: the SpriteWorld VAE's z_dim)."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, latent: int = 16):
         super().__init__()
-        self.encode_first, self.decode_first = encoder(3, width), decoder(LATENT, 3, width)
+        self.encode_first, self.decode_first = encoder(3, width, latent), decoder(latent, 3, width)
         # a group's encoder also sees the frame before it, its decoder the latent frame before it
-        self.encode_group = encoder(3 * (GROUP + 1), width)
-        self.decode_group = decoder(2 * LATENT, 3 * GROUP, width)
+        self.encode_group = encoder(3 * (GROUP + 1), width, latent)
+        self.decode_group = decoder(2 * latent, 3 * GROUP, width)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:  # (B, 3, 1 + 4k, H, W) in [-1, 1], as Wan's VAE
         b, c, t, h, w = video.shape
@@ -76,24 +82,26 @@ class GroupAutoencoder(nn.Module):
 
 
 @torch.no_grad()
-def card_psnr(model: nn.Module, clips: list) -> dict:
-    """The model card's VAE PSNR: per clip over all / sprite / scene pixels, averaged over the clips."""
+def card_measures(model: nn.Module, clips: list, plain_clips: list) -> dict:
+    """The model card's VAE PSNR (per clip over all / sprite / scene pixels of ``clips``, averaged) and its round
+    trip's "kept" (share of ``plain_clips`` whose every sprite is an object of its shape in the last frame)."""
     model.eval()
-    rows = [region_psnr(clip.frames, video_frames(model(video_tensor(clip.frames)[None])[0]), clip.masks)
-            for clip in clips]
+    trip = lambda clip: video_frames(model(video_tensor(clip.frames)[None])[0])  # noqa: E731
+    rows = [region_psnr(clip.frames, trip(clip), clip.masks) for clip in clips]
+    kept = float(np.mean([sprites_kept(trip(clip), clip) for clip in plain_clips]))
     model.train()
-    return {k: round(float(np.mean([r[k] for r in rows])), 2) for k in rows[0]}
+    return {**{k: round(float(np.mean([r[k] for r in rows])), 2) for k in rows[0]}, "kept": kept}
 
 
-def train(width: int, clips: list, held_out: list, args) -> list[dict]:
+def train(width: int, latent: int, clips: list, held_out: list, plain: list, args) -> list[dict]:
     torch.manual_seed(0)
-    model = GroupAutoencoder(width)
+    model = GroupAutoencoder(width, latent)
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.05)
     rng = np.random.default_rng(0)  # the same windows, in the same order, for every width
     rows, elapsed = [], 0.0
-    for step in tqdm(range(1, args.steps + 1), desc=f"width {width}"):
+    for step in tqdm(range(1, args.steps + 1), desc=f"width {width}, {latent} channels"):
         batch, _ = random_windows(clips, rng, args.batch, 17, 64)
         start = time.perf_counter()
         loss = reconstruction_loss(model(batch), batch)
@@ -103,8 +111,9 @@ def train(width: int, clips: list, held_out: list, args) -> list[dict]:
         schedule.step()
         elapsed += time.perf_counter() - start
         if step % args.every == 0:
-            rows.append({"width": width, "params": params, "step": step, "seconds": round(elapsed, 1),
-                         "loss": round(float(loss.detach()), 4), **card_psnr(model, held_out)})
+            rows.append({"width": width, "latent": latent, "params": params, "step": step,
+                         "seconds": round(elapsed, 1), "loss": round(float(loss.detach()), 4),
+                         **card_measures(model, held_out, plain)})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -112,6 +121,7 @@ def train(width: int, clips: list, held_out: list, args) -> list[dict]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", default="24,48", help="comma-separated encoder/decoder widths")
+    parser.add_argument("--latents", default="16", help="comma-separated latent channel counts")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--every", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=4, help="17-frame 64x64 clips per step")
@@ -122,17 +132,21 @@ def main():
     if args.every < 1 or args.steps % args.every:
         parser.error(f"--every ({args.every}) must divide --steps ({args.steps})")
     widths = [int(w) for w in args.widths.split(",")]
+    latents = [int(c) for c in args.latents.split(",")]
     torch.set_num_threads(2)
     world = WorldConfig()
     clips = training_clips(PretrainConfig(train_clips=args.clips), world)
     held_out = [generate_clip(EVAL_SEED0 + i, world) for i in range(20)]
+    plain = [generate_clip(EVAL_SEED0 + i, world, cut=False) for i in range(40)]
     rows = []
     for width in widths:
-        rows += train(width, clips, held_out, args)
-    print(f"\n{'width':>5} {'params':>9} {'step':>6} {'train s':>8} {'all dB':>7} {'sprites':>8} {'scene':>7}")
+        for latent in latents:
+            rows += train(width, latent, clips, held_out, plain, args)
+    print(f"\n{'width':>5} {'latent':>6} {'params':>9} {'step':>6} {'train s':>8} {'all dB':>7} {'sprites':>8} "
+          f"{'scene':>7} {'kept':>6}")
     for r in rows:
-        print(f"{r['width']:>5} {r['params']:>9,} {r['step']:>6} {r['seconds']:>8.1f} {r['all']:>7.2f} "
-              f"{r['sprites']:>8.2f} {r['scene']:>7.2f}")
+        print(f"{r['width']:>5} {r['latent']:>6} {r['params']:>9,} {r['step']:>6} {r['seconds']:>8.1f} "
+              f"{r['all']:>7.2f} {r['sprites']:>8.2f} {r['scene']:>7.2f} {r['kept']:>6.1%}")
     if args.json:
         write_json(args.json, {"args": vars(args), "rows": rows})
 

@@ -26,7 +26,7 @@ from ffstudy.spriteworld.metrics import masked_psnr
 from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_vae, decode_unclamped, random_windows,
                                           reconstruction_loss, training_clips)
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
-from vae_budget import LATENT, decoder, encoder  # this folder, on the path when this script runs
+from vae_budget import decoder, encoder  # this folder, on the path when this script runs
 
 
 class PlainAutoencoder(nn.Module):
@@ -34,7 +34,7 @@ class PlainAutoencoder(nn.Module):
 
     def __init__(self, width: int = 24):
         super().__init__()
-        self.encoder, self.decoder = encoder(3, width), decoder(LATENT, 3, width)
+        self.encoder, self.decoder = encoder(3, width, 16), decoder(16, 3, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 1, H, W) like the VAE
         return self.decoder(self.encoder(x[:, :, 0]))[:, :, None]
