@@ -140,7 +140,8 @@ for name, row in rows.items():
 # the generated videos in almost none: the VAE sets a low ceiling, and the transformer falls far below it. Decoded
 # noise keeps none, and a frozen first frame keeps many but animates none, which is why the card reads "kept"
 # together with "animated". The melted sprites and the discs are the detector's own tests: blobs of the right colour
-# and area, lumpy or round, that it should reject, and does (the discs always, the melted blobs mostly). The probe
+# and area, lumpy or round, that it should reject, and does (every disc standing in for another shape, and most
+# melted blobs). The frozen frame scores above the round trips because it never passes through the VAE. The probe
 # looks at attention rather than pixels: it measures how later frames read frame 0 while they are generated, whatever
 # becomes of the sprites.
 
@@ -206,8 +207,8 @@ for name, c in (("no cut", clip), ("with a cut", cut_clip)):
 # %% [markdown]
 # Read the two criteria side by side. By **total mass** a sprite almost never wins: every later token spreads much
 # of its first-frame attention over the background, which is most of frame 0. **Per token of area** the picture
-# flips: in every block, tokens on a sprite read *their own* sprite more often than chance (here 2 to 4 times as
-# often), and they still do after the cut, when the sprite has jumped
+# flips: in every block, tokens on a sprite read *their own* sprite more often than chance (here about 2 to 4 times
+# as often), and they still do after the cut, when the sprite has jumped
 # somewhere else in a new scene. Two questions remain before calling this memory: is a token reading *what* the
 # sprite is, or only *where* things were in frame 0 (attention in Wan depends on the query-key offset)? And does the
 # model use what it reads? Chapter 7 subtracts what position alone predicts and removes a sprite's first-frame keys

@@ -192,8 +192,8 @@ plt.show()
 # scene in a quarter of them, with 50 in three quarters: the cut itself is what a few examples teach, as FFGo's paper
 # finds for Wan. But the sprites do not survive the cut: this base model cannot keep a sprite whole even in plain
 # image-to-video (chapter 1), so retention, which needs every sprite as an object in the scene, stays low at every N,
-# and the transition is never clean by the fourth frame. The scene it cuts to is often the right colours with the
-# wrong texture. Two control rows bound what retention can show here. The VAE round trips keep every sprite in under
+# and the transition is rarely clean by the fourth frame (at most 4 % of composites). The scene it cuts to is often
+# the right colours with the wrong texture. Two control rows bound what retention can show here. The VAE round trips keep every sprite in under
 # half the composites: the VAE rounds small stars and corners, so even a perfect transformer could not reach the
 # 80 % goal through it. And the melted-sprites row is a warning about the measure itself: the detector accepts some
 # compact blobs as sprites (a round blob of a circle's colour is a circle), so a retention of a few percent is no

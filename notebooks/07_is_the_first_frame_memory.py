@@ -214,8 +214,9 @@ for setting, results in study["settings"].items():
 # - **No clear effect.** Removing sprite 1's first-frame keys in every block lowers how often it is found by 2 points
 #   in cut clips (interval −6 to +2) and 5 points in composites (interval −11 to +1): both intervals include zero.
 #   Removing as many background keys changes it by −1 and +2 points, and the other sprites move by 2 points at most.
-# - **No dose-response either**: weighting the keys by 0.25 or 0.5 costs at most 3 points (in cut clips), and
-#   amplifying them (α = 2 or 4) gains at most 3; most intervals touch zero.
+# - **No consistent dose-response.** In cut clips every α below 1 lowers the share a little and every α above 1
+#   raises it, and two intervals exclude zero (α = 0.5: −3 points, −6 to −1; α = 2: +3, +1 to +5); yet removing the
+#   keys entirely costs less than halving them. In composites, α = 0.25 and 0.5 even raise it slightly.
 # - **One-block knock-outs**: only block 3 after a cut has an interval below zero (−4 points, −7 to −1); the others,
 #   in composites all of them, are within a few points of zero.
 # - **What this means.** Chapter 1's retrieval and the content retrieval above are real, but on this model they
@@ -258,8 +259,9 @@ print(f"N = 50 LoRA: {survival['survived']} of {survival['entities']} sprites su
 #   where position and content disagree: after a hard cut, in an FFGo composite.
 # - On SpriteWorld, content retrieval is real: in blocks 0–4, tokens on a sprite read its first-frame keys 1.5 to
 #   4.4 times as much as position predicts, and not another sprite's (at σ = 0.6).
-# - Removing a sprite's first-frame keys changes how often it is found in predicted frames by a few points at most,
-#   within the noise: on a model whose sprites rarely survive whole, the causal test cannot decide.
+# - Removing or reweighting a sprite's first-frame keys changes how often it is found in predicted frames by a few
+#   points at most, inconsistently (a few intervals exclude zero, the full knock-out's do not): on a model whose
+#   sprites rarely survive whole, the causal test cannot decide.
 # - Amplifying the cut-outs does not replace the LoRA, and retrieval's link to survival cannot be measured until
 #   sprites survive.
 #

@@ -169,7 +169,8 @@ six controls: the real clips and their VAE round trips (the best a model can rea
 N(0, 1) latents, the first frame held still, the sprites melted and the sprites painted as discs (what a broken
 model produces: noise fails every measure, the frozen frame fails "animated", since a sprite that never moves is
 often still whole in the last frame, and the melted sprites and the discs fail "kept"; the discs column counts
-only the clips with a sprite that is not a circle).
+only the clips with a sprite that is not a circle; the frozen first frame never passes through the VAE, so it can
+keep more sprites than the round trips).
 
 {quality_table(e)}
 
@@ -421,7 +422,8 @@ def render_memory(memory: dict) -> str:
            "(observed), what a position-only model of the same attention predicts (each weight replaced by the mean "
            "weight at its query-key offset, fitted per block and frame on the same pass), and their difference, the "
            "content retrieval. The shuffled control reads the same tokens against another sprite's keys (clips with "
-           "two sprites or more): it should be ≤ 0.\n"]
+           "two sprites or more): where it is at or below zero, the excess is about this sprite; where its interval lies "
+           "above zero, part of the excess is about sprites in general.\n"]
     for setting, results in memory["settings"].items():
         at = results["retrieval"][sigma]
         clips = at[next(iter(at))]["clips"]
