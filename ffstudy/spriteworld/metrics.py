@@ -144,7 +144,7 @@ def find_sprite(frame: np.ndarray, sprite: SpriteSpec, size: float | None = None
     theirs, and so are pixels where the clean ``scene`` plate itself has the colour, as a tinted speckled field
     can); a sprite other than a circle must also match its silhouette better than a disc (``own_and_disc_iou``;
     ``reject_discs=False`` drops that test, to show what it changes).
-    Returns the region's centroid, area, IoU, stray share, IoU with the best disc and mask (``region``), or None."""
+    Returns the region's centroid, area, IoU, stray share and mask (``region``), or None."""
     from scipy import ndimage
 
     size = sprite.size if size is None else size
@@ -176,12 +176,13 @@ def find_sprite(frame: np.ndarray, sprite: SpriteSpec, size: float | None = None
         stray = (own & ~ndimage.binary_dilation(region, iterations=STRAY_MARGIN)).sum() / shape.sum()
         if stray > MAX_STRAY or solidity(region) < least_solidity[id(shape)]:
             continue
-        own_iou, disc_iou = (iou, iou) if sprite.shape == "circle" else own_and_disc_iou(region, sprite, size, visible)
-        if reject_discs and sprite.shape != "circle" and own_iou <= disc_iou:
-            continue  # a blob of the right colour and size, not the sprite's shape
+        if reject_discs and sprite.shape != "circle":
+            own_iou, disc_iou = own_and_disc_iou(region, sprite, size, visible)
+            if own_iou <= disc_iou:
+                continue  # a blob of the right colour and size, not the sprite's shape
         ys, xs = np.nonzero(region)
         best = {"centroid": (float(xs.mean()), float(ys.mean())), "area": area, "iou": iou, "stray": float(stray),
-                "disc_iou": disc_iou, "region": region}
+                "region": region}
     return best
 
 

@@ -29,7 +29,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from ffstudy.models import load_pipeline
-from ffstudy.spriteworld.evaluate import control_videos, generate_from_first_frame
+from ffstudy.spriteworld.evaluate import generate_from_first_frame, reconstruct
 from ffstudy.spriteworld.metrics import own_and_disc_iou, sprites_as_discs, sprites_found
 from ffstudy.spriteworld.pretrain import EVAL_SEED0
 from ffstudy.spriteworld.world import WorldConfig, generate_clip, sprite_sizes
@@ -54,7 +54,7 @@ def main() -> None:
     for seed in range(EVAL_SEED0, EVAL_SEED0 + args.clips):
         clip = generate_clip(seed, WorldConfig(), cut=False)
         videos = {"real clip": clip.frames, "discs (control)": sprites_as_discs(clip),
-                  "VAE round trip": control_videos(pipe.vae, clip, seed)["VAE round trip"]}
+                  "VAE round trip": reconstruct(pipe.vae, clip.frames)}
         pipe.scheduler = backbone_sampler
         videos["generated"] = generate_from_first_frame(pipe, clip, seed).frames
         if args.stochastic:
