@@ -44,23 +44,22 @@ def quality_table(evaluation: dict) -> str:
     gen, controls = evaluation["generation"], evaluation["controls"]
     columns = [("generated", gen)] + list(controls.items())
     n = gen["videos"]
-    measures = [("frame 0 PSNR against the conditioning frame", "frame0_psnr", lambda v: f"{v:.1f} dB"),
-                (f"frame 0 reproduced (≥ {25:g} dB)", "frame0_reproduced", lambda v: _share(v)),
+    # each formatter takes the value and how many videos its column measured (a share's interval is over those)
+    measures = [("frame 0 PSNR against the conditioning frame", "frame0_psnr", lambda v, _: f"{v:.1f} dB"),
+                (f"frame 0 reproduced (≥ {25:g} dB)", "frame0_reproduced", lambda v, _: _share(v)),
                 ("scene PSNR: pixels no sprite covers in the real clip, all frames", "scene_psnr",
-                 lambda v: f"{v:.1f} dB"),
-                ("sharpness (mean abs. Laplacian) relative to the real clip", "sharpness_ratio", lambda v: f"{v:.2f}"),
-                ("every first-frame sprite found as an object in the last frame", "kept",
-                 lambda v, videos: _share_interval(v, videos)),
+                 lambda v, _: f"{v:.1f} dB"),
+                ("sharpness (mean abs. Laplacian) relative to the real clip", "sharpness_ratio",
+                 lambda v, _: f"{v:.2f}"),
+                ("every first-frame sprite found as an object in the last frame", "kept", _share_interval),
                 ("every sprite animated (moved ≥ 3 px or resized ≥ 1.25×, found in both frames)", "animated",
-                 lambda v: _share(v)),
-                ("drifting sprites that go the caption's way", "direction_ok", lambda v: _share(v))]
+                 lambda v, _: _share(v)),
+                ("drifting sprites that go the caption's way", "direction_ok", lambda v, _: _share(v))]
     header = ("| measure | " + " | ".join(name for name, _ in columns) + " | goal (generated) |\n|---|"
               + "---|" * len(columns) + "---|")
 
-    def cell(fmt, col, key):  # a share's interval is over the videos that column measured
-        if col.get(key) is None:
-            return "n/a"
-        return fmt(col[key], col.get("videos", n)) if key == "kept" else fmt(col[key])
+    def cell(fmt, col, key):
+        return "n/a" if col.get(key) is None else fmt(col[key], col.get("videos", n))
 
     lines = [f"| {label} | " + " | ".join(cell(fmt, col, key) for _, col in columns)
              + f" | {_generation_goal(key, gen[key]) if key in GENERATION_GOALS else ''} |"
