@@ -104,3 +104,23 @@ def test_offset_attention_has_one_scale_and_needs_raw_attention(probed, tiny_pip
     images = [image for ax in figure.axes for image in ax.get_images()]
     f, h, w = probe.result.grid
     assert len({image.get_clim() for image in images}) == 1 and images[0].get_array().shape == (2 * h - 1, 2 * w - 1)
+
+
+def test_a_saved_sheet_keeps_a_striped_sprite_beside_noise(tmp_path):
+    """Noisy rows take most of a 256-colour palette; the real clip's textures must survive on the saved sheet (with
+    median cut alone seed 1,000,002's two reds merged, and its striped square looked plain)."""
+    from PIL import Image
+
+    from ffstudy.spriteworld import generate_clip
+    from ffstudy.viz import contact_sheet, save_sheet
+
+    clip = generate_clip(1_000_002, cut=False)
+    rng = np.random.default_rng(0)
+    rows = [("real", clip.frames)] + [("noise", rng.integers(0, 256, clip.frames.shape, dtype=np.uint8))
+                                      for _ in range(8)]
+    sheet = contact_sheet(rows)
+    save_sheet(sheet, tmp_path / "sheet.png")
+    saved = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB")).astype(int)
+    real = slice(0, clip.frames.shape[1]), slice(150, None)  # the first row, right of its label
+    error = np.abs(saved[real] - np.asarray(sheet.convert("RGB")).astype(int)[real]).max()
+    assert error <= 40

@@ -11,15 +11,17 @@ pixels on seeds 1,000,000-1,000,019, uint8 frames in and out, averaged over clip
 detector checks shapes (issue 36), as the card's "VAE round trip" control: the share of 40 held-out clips (seeds from
 1,000,000, no cut) whose round trip keeps every sprite as an object of its shape in the last frame. ``--latents``
 varies the latent channels at the same 4x8x8 compression (Wan 2.2's TI2V VAE has 48): does a wider latent keep the
-shapes that 16 channels round off? ``--halvings 2`` codes 4x4 pixel blocks instead of 8x8. ``--losses`` varies the objective: an extra weight on sprite pixels and an edge
-term (L1 between the horizontal and vertical pixel differences of round trip and clip), the two standard ways to
-stop an L1 + L2 autoencoder from averaging thin shapes into blobs. ``--sheet`` draws 4 of those clips, real above
+shapes that 16 channels round off? ``--halvings 2`` codes 4x4 pixel blocks instead of 8x8. ``--losses`` varies the
+objective: an extra weight on sprite pixels and an edge term (L1 between the horizontal and vertical pixel
+differences of round trip and clip), the two standard ways to stop an L1 + L2 autoencoder from averaging thin
+shapes into blobs. ``--sheet`` draws 4 of those clips, real above
 each variant's round trip, every 4th frame: look before trusting "kept".
 
-    python recipes/spriteworld/vae_budget.py                                  # widths 24 and 48, 6,000 steps each (21 min)
+    python recipes/spriteworld/vae_budget.py           # widths 24 and 48, 6,000 steps each (21 min)
     python recipes/spriteworld/vae_budget.py --widths 24 --latents 16,32,64 --steps 5000 --every 2500
     python recipes/spriteworld/vae_budget.py --widths 24 --steps 600 --every 200 --json vae_budget.json
-    python recipes/spriteworld/vae_budget.py --widths 24 --steps 3000 --every 3000 --losses 0:0,4:0,0:1,4:1 --sheet s.png
+    python recipes/spriteworld/vae_budget.py --widths 24 --steps 3000 --every 3000 --losses 0:0,4:0,0:1,4:1 \
+        --sheet sheet.png
     python recipes/spriteworld/vae_budget.py --widths 24 --steps 3000 --every 3000 --halvings 2 --losses 0:0,4:0
 """
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Seconds per training step of each SpriteWorld VAE layout, as ratios to the shipped one, in one run.
+"""Seconds per training step of each SpriteWorld VAE layout, as ratios to the recipe's, in one run.
 
 Why (issue 5): the VAE's 28 dB goal is a matter of training budget on the 2-core CPU (``vae_budget.py``), so a
 layout that trains faster buys more steps in the recipe's 2 hours. Each layout runs the VAE stage's step (forward
 through the encoder's posterior mode and ``decode_unclamped``, L1 + L2, backward) on the same batch of whole
-17-frame 64x64 clips, and the plain group autoencoders of ``vae_budget.py`` run theirs for scale.
+17-frame 64x64 clips, and the plain group autoencoders of ``vae_budget.py`` run theirs for scale. Since 8x8 pixel
+blocks round stars into discs and 4x4 blocks keep them (``vae_budget.py --halvings 2``, issue 36), it also times the
+Wan layout that codes 4x4 blocks: no patches, three levels (two spatial halvings, both also halving time).
 
     python recipes/spriteworld/vae_layout_speed.py              # batch 4, 3 timed steps each after one warm-up
 """
@@ -17,13 +19,21 @@ import torch
 from ffstudy.spriteworld.pretrain import PretrainConfig, build_vae, decode_unclamped, reconstruction_loss
 from vae_budget import GroupAutoencoder  # this folder, on the path when this script runs
 
-LAYOUTS = {
-    "shipped: base_dim 12, dim_mult [1,2,4,4]": PretrainConfig(),
-    "2x2 patches, base_dim 24, dim_mult [1,2,2]": PretrainConfig(vae_patch_size=2, vae_base_dim=24,
-                                                                  vae_dim_mult=(1, 2, 2)),
+LAYOUTS = {  # the first is the reference: the recipe's layout (configs/spriteworld-pretrain.yaml)
+    "2x2 patches, base_dim 24, dim_mult [1,2,2] (the recipe's)": PretrainConfig(vae_patch_size=2, vae_base_dim=24,
+                                                                               vae_dim_mult=(1, 2, 2)),
     "2x2 patches, base_dim 16, dim_mult [1,2,2]": PretrainConfig(vae_patch_size=2, vae_base_dim=16,
                                                                   vae_dim_mult=(1, 2, 2)),
+    "base_dim 12, dim_mult [1,2,4,4] (the first shipped)": PretrainConfig(),
 }
+
+
+def quarter_vae(base_dim: int):
+    """``AutoencoderKLWan`` at 4x4x4 compression: ``build_vae`` allows only Wan's 4x8x8."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=base_dim, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1,
+                            temperal_downsample=[True, True], is_residual=True, scale_factor_spatial=4)
 
 
 def seconds_per_step(forward, parameters, batch: torch.Tensor, repeats: int) -> float:
@@ -49,21 +59,22 @@ def main():
     torch.manual_seed(0)
     batch = torch.rand(args.batch, 3, 17, 64, 64) * 2 - 1
     rows = {}
-    for name, config in LAYOUTS.items():
-        vae = build_vae(config)
+    vaes = {name: build_vae(config) for name, config in LAYOUTS.items()}
+    vaes |= {f"4x4 blocks, base_dim {d}, dim_mult [1,2,2]": quarter_vae(d) for d in (12, 16)}
+    for name, vae in vaes.items():
         forward = lambda x, vae=vae: decode_unclamped(vae, vae.encode(x).latent_dist.mode())  # noqa: E731
         params = list(vae.parameters())
         rows[f"AutoencoderKLWan, {name}"] = (sum(p.numel() for p in params),
                                              seconds_per_step(forward, params, batch, args.repeats))
-    for width in (24, 48):
-        model = GroupAutoencoder(width)
+    for width, halvings in ((24, 3), (48, 3), (24, 2)):
+        model = GroupAutoencoder(width, halvings=halvings)
         params = list(model.parameters())
-        rows[f"plain group autoencoder, width {width}"] = (sum(p.numel() for p in params),
-                                                           seconds_per_step(model, params, batch, args.repeats))
+        rows[f"plain group autoencoder, width {width}, {2 ** halvings}x{2 ** halvings} blocks"] = (
+            sum(p.numel() for p in params), seconds_per_step(model, params, batch, args.repeats))
     reference = next(iter(rows.values()))[1]
-    print(f"{'layout':60} {'params':>10} {'s/step':>7} {'vs shipped':>10}")
+    print(f"{'layout':72} {'params':>10} {'s/step':>7} {'vs the recipe':>13}")
     for name, (params, seconds) in rows.items():
-        print(f"{name:60} {params:>10,} {seconds:>7.3f} {seconds / reference:>9.2f}x")
+        print(f"{name:72} {params:>10,} {seconds:>7.3f} {seconds / reference:>12.2f}x")
 
 
 if __name__ == "__main__":
