@@ -523,3 +523,23 @@ def test_the_plain_group_autoencoder_has_the_wan_vaes_latent_budget():
         model(video[:, :, :16])
     wider = GroupAutoencoder(8, latent=32)  # --latents: more channels at the same 4x8x8 compression
     assert wider.encode_group(torch.rand(1, 15, 16, 24)).shape == (1, 32, 2, 3) and wider(video).shape == video.shape
+
+
+def test_a_recipe_on_4x4_pixel_blocks_encodes_and_generates_on_its_own_grid():
+    """8x8-pixel latents round stars into discs, 4x4 keep them; with 4x4 token patches the transformer keeps the
+    shipped number of tokens. Every stage must read the grid from the pipeline, not assume Wan's 8."""
+    from ffstudy.generate import generate
+    from ffstudy.spriteworld.pretrain import PretrainConfig, build_untrained, build_vae, encode_training_set
+
+    config = PretrainConfig(vae_base_dim=8, vae_dim_mult=(1, 2, 2), vae_spatial_compression=4, transformer_patch=4,
+                            layers=1, heads=2, head_dim=8, ffn_dim=16)
+    pipe = build_untrained(config)
+    assert pipe.vae_scale_factor_spatial == 4 and pipe.transformer.config.patch_size == (1, 4, 4)
+    clip = generate_clip(5)
+    item = encode_training_set(pipe, [clip], config)[0]
+    assert item["latent_mean"].shape == (1, 16, 5, 24, 40) and item["entity_mask"].shape == (1, 1, 5, 24, 40)
+    video = generate(pipe, clip.frames[0], clip.caption, trigger=None, num_inference_steps=2, drop_first_frames=0,
+                     seed=0, progress=False, num_frames=17, height=96, width=160)
+    assert video.frames.shape == (17, 96, 160, 3)
+    with pytest.raises(ValueError, match=r"compresses 8x, not vae_spatial_compression 4x"):
+        build_vae(PretrainConfig(vae_spatial_compression=4))

@@ -134,8 +134,8 @@ not random, behaviour. Load it with `ffstudy.load_pipeline("spriteworld")` (offl
 
 | part | configuration | parameters | on disk |
 |---|---|---|---|
-| VAE | {layout}, z 16, 4×8×8 compression | {sizes['vae_params']:.2f} M | {sizes['vae_mb']:.1f} MB |
-| transformer | {cfg['layers']} blocks, {cfg['heads']} heads × {cfg['head_dim']}, FFN {cfg['ffn_dim']}, patch 1×2×2, one expert for all timesteps | {sizes['transformer_params']:.2f} M | {sizes['transformer_mb']:.1f} MB |
+| VAE | {layout}, z 16, 4×{cfg.get('vae_spatial_compression', 8)}×{cfg.get('vae_spatial_compression', 8)} compression | {sizes['vae_params']:.2f} M | {sizes['vae_mb']:.1f} MB |
+| transformer | {cfg['layers']} blocks, {cfg['heads']} heads × {cfg['head_dim']}, FFN {cfg['ffn_dim']}, patch 1×{cfg.get('transformer_patch', 2)}×{cfg.get('transformer_patch', 2)}, one expert for all timesteps | {sizes['transformer_params']:.2f} M | {sizes['transformer_mb']:.1f} MB |
 | text encoder | UMT5, d_model {cfg['text_dim']}, 2 layers, frozen at its seeded initialisation; {cfg['max_sequence_length']} tokens | {sizes['text_params']:.2f} M | {sizes['text_mb']:.1f} MB |
 | total | | | **{sizes['total_mb']:.1f} MB** |
 

@@ -1,6 +1,6 @@
 """Pretrain the SpriteWorld I2V model: the VAE on short crops, then the transformer on cached latents.
 
-The model is the Wan I2V architecture in miniature — ``AutoencoderKLWan`` (4×8×8 compression, z = 16),
+The model is the Wan I2V architecture in miniature — ``AutoencoderKLWan`` (4×8×8 compression by default, z = 16),
 ``WanTransformer3DModel`` with 36 input channels (16 noisy + 4 mask + 16 first-frame latents), a small frozen
 UMT5 text encoder with an offline BPE tokenizer — saved as a diffusers ``WanImageToVideoPipeline`` folder.
 The transformer is trained with the same flow-matching inputs as the FFGo LoRA (``ffstudy.train``), on plain
@@ -37,6 +37,9 @@ class PretrainConfig:
     # channel multiplier per level; each level but the last halves the size, so 8x needs 4 levels, or 3 with patches
     vae_dim_mult: tuple[int, ...] = (1, 2, 4, 4)
     vae_patch_size: int | None = None  # 2: Wan 2.2 TI2V's VAE input, 2x2 pixels folded into channels first
+    # pixels per latent cell along each side: Wan's 8, or 4 (4x4 blocks keep the sprites' shapes that 8x8 blocks round
+    # off: recipes/spriteworld/README.md, "Keeping shapes through the VAE"); 4 needs 3 levels without patches
+    vae_spatial_compression: int = 8
     vae_steps: int = 2400
     vae_batch: int = 8
     vae_frames: int = 5  # frame 0 alone + one group of 4; 9 would also train the cache from group to group
@@ -63,6 +66,9 @@ class PretrainConfig:
     # the transformer's clips, the first ``transformer_clips`` training seeds (None: train_clips). The VAE stages
     # always train on ``train_clips``, so the VAE does not change with the transformer's data
     transformer_clips: int | None = None
+    # latent cells per token along each side: Wan's 2; 4 on a 4x4-block VAE keeps the tokens (and the step time) of
+    # an 8x8-block VAE with 2
+    transformer_patch: int = 2
     transformer_steps: int = 2500
     transformer_batch: int = 16
     transformer_lr: float = 5e-4
@@ -95,19 +101,20 @@ TRAIN_SEED0, EVAL_SEED0 = 10_000, 1_000_000
 
 def build_vae(config: PretrainConfig):
     """The SpriteWorld ``AutoencoderKLWan``, freshly initialised: Wan 2.1's layout (or 2.2's residual one) at
-    ``vae_base_dim`` width, optionally on 2x2 pixel patches (Wan 2.2 TI2V's input), 4x8x8 compression to 16
-    channels in every case: the last two halvings also halve time."""
+    ``vae_base_dim`` width, optionally on 2x2 pixel patches (Wan 2.2 TI2V's input), compressing time 4x and space
+    ``vae_spatial_compression`` x (Wan's 8, or 4) to 16 channels: the last two halvings also halve time."""
     from diffusers import AutoencoderKLWan
 
-    patch, levels = config.vae_patch_size or 1, len(config.vae_dim_mult)
-    if patch * 2 ** (levels - 1) != 8:
+    patch, levels, factor = config.vae_patch_size or 1, len(config.vae_dim_mult), config.vae_spatial_compression
+    if patch * 2 ** (levels - 1) != factor:
         raise ValueError(f"vae_dim_mult {list(config.vae_dim_mult)} with vae_patch_size {config.vae_patch_size} "
-                         f"compresses {patch * 2 ** (levels - 1)}x, not 8x: use 4 levels without patches, 3 with 2")
+                         f"compresses {patch * 2 ** (levels - 1)}x, not vae_spatial_compression {factor}x: for 8x "
+                         f"use 4 levels without patches or 3 with 2; for 4x, 3 levels without patches")
     channels = 3 * patch * patch
     return AutoencoderKLWan(base_dim=config.vae_base_dim, z_dim=16, dim_mult=list(config.vae_dim_mult),
                             num_res_blocks=1, temperal_downsample=[False] * (levels - 3) + [True, True],
                             is_residual=config.vae_is_residual, patch_size=config.vae_patch_size,
-                            in_channels=channels, out_channels=channels)
+                            in_channels=channels, out_channels=channels, scale_factor_spatial=factor)
 
 
 def build_untrained(config: PretrainConfig):
@@ -119,9 +126,10 @@ def build_untrained(config: PretrainConfig):
     text_encoder = tiny_text_encoder(tokenizer, d_model=config.text_dim)
     vae = build_vae(config)
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=config.heads, attention_head_dim=config.head_dim,
-        in_channels=36, out_channels=16, text_dim=config.text_dim, freq_dim=256, ffn_dim=config.ffn_dim,
-        num_layers=config.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+        patch_size=(1, config.transformer_patch, config.transformer_patch), num_attention_heads=config.heads,
+        attention_head_dim=config.head_dim, in_channels=36, out_channels=16, text_dim=config.text_dim, freq_dim=256,
+        ffn_dim=config.ffn_dim, num_layers=config.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=1024)
     return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae,
                                    transformer=transformer, scheduler=ffgo_scheduler(), image_encoder=None,
                                    image_processor=None)
@@ -273,7 +281,8 @@ def encode_training_set(pipe, clips: list, config: PretrainConfig) -> list[dict]
     encoded = []
     for clip in tqdm(clips, desc="encoding clips"):
         item = encode_clip(pipe, TrainingClip(clip.frames, clip.caption, None), config.max_sequence_length)
-        item["entity_mask"] = latent_entity_mask(clip.masks)
+        item["entity_mask"] = latent_entity_mask(clip.masks, pipe.vae_scale_factor_temporal,
+                                                 pipe.vae_scale_factor_spatial)
         encoded.append(item)
     return encoded
 
