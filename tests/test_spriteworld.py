@@ -5,10 +5,10 @@ import torch
 from ffstudy.compose import compose_first_frame
 from ffstudy.probe import ProbeResult
 from ffstudy.spriteworld import COLOURS, WorldConfig, generate_clip
-from ffstudy.spriteworld.metrics import (clip_fidelity, colour_mask, find_sprite, first_frame_entities, masked_psnr,
-                                         melt_sprites, psnr, retrieval_accuracy, shape_iou, share_interval, solidity,
-                                         sprite_motions, sprite_template, sprites_as_discs, sprites_found, sprites_kept,
-                                         token_labels)
+from ffstudy.spriteworld.metrics import (blurred, clip_fidelity, colour_mask, find_sprite, first_frame_entities,
+                                         masked_psnr, melt_sprites, psnr, retrieval_accuracy, shape_iou,
+                                         share_interval, solidity, sprite_motions, sprite_template, sprites_as_discs,
+                                         sprites_found, sprites_kept, token_labels)
 
 
 def test_world_is_deterministic_by_seed():
@@ -246,13 +246,9 @@ def test_a_slightly_blurred_sprite_is_still_its_shape():
     """The other side of the shape test: a detector that only pixel-exact renders pass would read any lossy
     decoder as losing shapes. A Gaussian blur of 0.75 px (37 dB) keeps every sprite of 20 held-out clips; 2 px
     (30 dB, rounded points) loses some."""
-    from scipy.ndimage import gaussian_filter
-
     clips = [generate_clip(1_000_000 + i, cut=False) for i in range(20)]
-    blur = lambda clip, sigma: np.round(gaussian_filter(clip.frames.astype(np.float32),  # noqa: E731
-                                                        (0, sigma, sigma, 0))).clip(0, 255).astype(np.uint8)
-    assert all(sprites_kept(blur(clip, 0.75), clip) for clip in clips)
-    assert not all(sprites_kept(blur(clip, 2.0), clip) for clip in clips)
+    assert all(sprites_kept(blurred(clip.frames, 0.75), clip) for clip in clips)
+    assert not all(sprites_kept(blurred(clip.frames, 2.0), clip) for clip in clips)
 
 
 def test_melted_sprites_are_not_objects():

@@ -112,14 +112,13 @@ def test_a_saved_sheet_keeps_a_striped_sprite_beside_noise(tmp_path):
     from PIL import Image
 
     from ffstudy.spriteworld import generate_clip
-    from ffstudy.viz import contact_sheet, save_sheet
 
     clip = generate_clip(1_000_002, cut=False)
     rng = np.random.default_rng(0)
     rows = [("real", clip.frames)] + [("noise", rng.integers(0, 256, clip.frames.shape, dtype=np.uint8))
                                       for _ in range(8)]
-    sheet = contact_sheet(rows)
-    save_sheet(sheet, tmp_path / "sheet.png")
+    sheet = viz.contact_sheet(rows)
+    viz.save_sheet(sheet, tmp_path / "sheet.png")
     saved = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB")).astype(int)
     real = slice(0, clip.frames.shape[1]), slice(150, None)  # the first row, right of its label
     error = np.abs(saved[real] - np.asarray(sheet.convert("RGB")).astype(int)[real]).max()

@@ -219,6 +219,15 @@ def sprite_motions(video: np.ndarray, clip: Clip) -> list[dict]:
     return motions
 
 
+def blurred(video: np.ndarray, sigma: float) -> np.ndarray:
+    """``video`` (T, H, W, 3) uint8 with each frame blurred by a Gaussian of ``sigma`` pixels: a control for the
+    detector's other side, that a mildly lossy decoder still keeps shapes."""
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(video.astype(np.float32), (0, sigma, sigma, 0))
+    return np.round(smooth).clip(0, 255).astype(np.uint8)
+
+
 def melt_sprites(clip: Clip, seed: int = 0, reach: int = 6) -> np.ndarray:
     """``clip`` with every sprite in every frame melted: replaced by a lumpy blob of its mean colour with its area
     and centre (a smoothed random field within ``reach`` pixels of its mask), fragments included, texture gone —

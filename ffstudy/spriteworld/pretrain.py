@@ -117,22 +117,29 @@ def build_vae(config: PretrainConfig):
                             in_channels=channels, out_channels=channels, scale_factor_spatial=factor)
 
 
+def build_transformer(config: PretrainConfig):
+    """The SpriteWorld ``WanTransformer3DModel`` (I2V: 16 noisy + 4 mask + 16 first-frame channels in), freshly
+    initialised from the current torch seed."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, config.transformer_patch, config.transformer_patch), num_attention_heads=config.heads,
+        attention_head_dim=config.head_dim, in_channels=36, out_channels=16, text_dim=config.text_dim, freq_dim=256,
+        ffn_dim=config.ffn_dim, num_layers=config.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=1024)
+
+
 def build_untrained(config: PretrainConfig):
     """The SpriteWorld pipeline with freshly initialised (seeded) weights."""
-    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+    from diffusers import WanImageToVideoPipeline
 
     torch.manual_seed(config.seed)
     tokenizer = tiny_tokenizer()
     text_encoder = tiny_text_encoder(tokenizer, d_model=config.text_dim)
     vae = build_vae(config)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, config.transformer_patch, config.transformer_patch), num_attention_heads=config.heads,
-        attention_head_dim=config.head_dim, in_channels=36, out_channels=16, text_dim=config.text_dim, freq_dim=256,
-        ffn_dim=config.ffn_dim, num_layers=config.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=1024)
     return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae,
-                                   transformer=transformer, scheduler=ffgo_scheduler(), image_encoder=None,
-                                   image_processor=None)
+                                   transformer=build_transformer(config), scheduler=ffgo_scheduler(),
+                                   image_encoder=None, image_processor=None)
 
 
 def training_clips(config: PretrainConfig, world: WorldConfig, count: int | None = None) -> list:

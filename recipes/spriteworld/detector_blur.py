@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
-from ffstudy.spriteworld.metrics import psnr, sprites_found, sprites_kept
+from ffstudy.spriteworld.metrics import blurred, psnr, sprites_found, sprites_kept
 from ffstudy.spriteworld.pretrain import EVAL_SEED0
 from ffstudy.spriteworld.world import generate_clip
 
@@ -29,11 +28,10 @@ def main():
     sprites = sum(len(clip.sprites) for clip in clips)
     print(f"{'blur':>7} {'PSNR':>8} {'kept':>6} {'sprites found':>14}")
     for sigma in args.sigmas:
-        blurred = [np.round(gaussian_filter(clip.frames.astype(np.float32), (0, sigma, sigma, 0)))
-                   .clip(0, 255).astype(np.uint8) for clip in clips]
-        kept = np.mean([sprites_kept(video, clip) for video, clip in zip(blurred, clips)])
-        found = sum(f is not None for video, clip in zip(blurred, clips) for f in sprites_found(video, clip))
-        decibels = np.mean([psnr(clip.frames, video) for video, clip in zip(blurred, clips)])
+        videos = [blurred(clip.frames, sigma) for clip in clips]
+        kept = np.mean([sprites_kept(video, clip) for video, clip in zip(videos, clips)])
+        found = sum(f is not None for video, clip in zip(videos, clips) for f in sprites_found(video, clip))
+        decibels = np.mean([psnr(clip.frames, video) for video, clip in zip(videos, clips)])
         print(f"{sigma:>5g} px {decibels:>5.2f} dB {kept:>6.1%} {found:>7}/{sprites}")
 
 

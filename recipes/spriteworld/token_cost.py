@@ -3,7 +3,7 @@ and of one that codes 4x4 blocks, in one run.
 
 Why (issue 36): a VAE on 4x4 blocks keeps the sprites' shapes that 8x8 blocks round off (``vae_budget.py
 --halvings 2``), but gives the transformer four times the latent cells. With Wan's 2x2 token patches that is four
-times the tokens; with 4x4 patches (``WanTransformer3DModel(patch_size=(1, 4, 4))``) it is the shipped number of
+times the tokens; with 4x4 patches (``transformer_patch: 4``) it is the shipped number of
 tokens, each again covering 16x16 pixels. The step is the transformer stage's shape: the shipped width and depth,
 batch 16, 5 latent frames of a 96x160 clip, 128 text tokens, forward + backward + AdamW.
 
@@ -12,11 +12,11 @@ batch 16, 5 latent frames of a 96x160 clip, 128 text tokens, forward + backward 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
-from diffusers import WanTransformer3DModel
 
-from ffstudy.spriteworld.pretrain import PretrainConfig
+from ffstudy.spriteworld.pretrain import PretrainConfig, build_transformer
 
 GRIDS = {"8x8-block latents, 2x2 patches (shipped)": ((12, 20), 2),
          "4x4-block latents, 2x2 patches": ((24, 40), 2),
@@ -29,10 +29,7 @@ def main():
     rows = {}
     for name, ((height, width), patch) in GRIDS.items():
         torch.manual_seed(0)
-        model = WanTransformer3DModel(
-            patch_size=(1, patch, patch), num_attention_heads=config.heads, attention_head_dim=config.head_dim,
-            in_channels=36, out_channels=16, text_dim=config.text_dim, freq_dim=256, ffn_dim=config.ffn_dim,
-            num_layers=config.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+        model = build_transformer(replace(config, transformer_patch=patch))
         optimizer = torch.optim.AdamW(model.parameters(), config.transformer_lr)
         latents = torch.randn(config.transformer_batch, 36, 5, height, width)
         text = torch.randn(config.transformer_batch, config.max_sequence_length, config.text_dim)

@@ -93,13 +93,17 @@ class GroupAutoencoder(nn.Module):
 
 
 @torch.no_grad()
+def round_trip(model: nn.Module, clip) -> np.ndarray:
+    """``clip``'s frames through the autoencoder (in eval mode), as uint8 frames."""
+    model.eval()
+    return video_frames(model(video_tensor(clip.frames)[None])[0])
+
+
 def card_measures(model: nn.Module, clips: list, plain_clips: list) -> dict:
     """The model card's VAE PSNR (per clip over all / sprite / scene pixels of ``clips``, averaged) and its round
     trip's "kept" (share of ``plain_clips`` whose every sprite is an object of its shape in the last frame)."""
-    model.eval()
-    trip = lambda clip: video_frames(model(video_tensor(clip.frames)[None])[0])  # noqa: E731
-    rows = [region_psnr(clip.frames, trip(clip), clip.masks) for clip in clips]
-    kept = float(np.mean([sprites_kept(trip(clip), clip) for clip in plain_clips]))
+    rows = [region_psnr(clip.frames, round_trip(model, clip), clip.masks) for clip in clips]
+    kept = float(np.mean([sprites_kept(round_trip(model, clip), clip) for clip in plain_clips]))
     model.train()
     return {**{k: round(float(np.mean([r[k] for r in rows])), 2) for k in rows[0]}, "kept": kept}
 
@@ -182,10 +186,8 @@ def main():
                 trained, model = train(width, latent, loss, clips, held_out, plain, args)
                 rows += trained
                 label = f"w {width}, {latent} ch, /{2 ** args.halvings}\nsprites +{loss[0]:g}\nedges {loss[1]:g}"
-                with torch.no_grad():
-                    model.eval()
-                    for block, clip in zip(shown, plain):
-                        block.append((label, video_frames(model(video_tensor(clip.frames)[None])[0])))
+                for block, clip in zip(shown, plain):
+                    block.append((label, round_trip(model, clip)))
     print(f"\n{'width':>5} {'latent':>6} {'sprite+':>7} {'edges':>5} {'params':>9} {'step':>6} {'train s':>8} "
           f"{'all dB':>7} {'sprites':>8} {'scene':>7} {'kept':>6}")
     for r in rows:
