@@ -362,3 +362,14 @@ def test_lora_training_on_the_shipped_model_repeats_in_any_process(tmp_path):
         weights.append(load_file(str(result.lora)))
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_the_stage_scripts_vary_the_recipe_in_this_repository(monkeypatch):
+    """The stage scripts start from configs/spriteworld-pretrain.yaml; they moved a folder deeper once and then
+    looked for it under recipes/."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "recipes" / "spriteworld"))  # as run
+    for name in ("decoder_stage", "transformer_stage", "vae_stage"):
+        repo = importlib.import_module(name).REPO
+        assert (repo / "configs" / "spriteworld-pretrain.yaml").is_file(), name

@@ -32,7 +32,7 @@ from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untr
                                           training_clips, vae_stage)
 from ffstudy.spriteworld.world import WorldConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cached_vae_stage(config: PretrainConfig, cache: Path):

@@ -43,7 +43,7 @@ from ffstudy.spriteworld.pretrain import (EVAL_SEED0, PretrainConfig, build_untr
                                           training_clips, transformer_stage, transformer_world)
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def save_model(pipe, shipped: Path, out: str, record: dict, vae_record: dict | None) -> None:
