@@ -439,7 +439,7 @@ def render_memory(memory: dict) -> str:
             out.append(f"| {block} | " + " | ".join(cells) + f" | {at[block]['observed'][0]:.3f} / "
                        f"{at[block]['position'][0]:.3f} ({ratio:.2f}×) |")
         knock = results["knockout"]
-        frames = ("frames 4, 8, 12 and 16, of which one or two come before the cut (it falls in frames 5–11)"
+        frames = ("frames 4, 8, 12 and 16 that come after the cut (8–16 or 12–16: the cut falls in frames 5–11)"
                   if setting == "cut clips" else "frames 4, 8, 12 and 16, all after the transition")
         out.append(f"\n{setting}, interventions at σ = {sigma} ({knock['clips']} clips): share of {frames} in which "
                    "sprite 1 (its first-frame keys reweighted by α for later frames, in every block) and the clip's "

@@ -69,11 +69,14 @@ def predicted_video(pipe, inputs: dict, sigma: float) -> np.ndarray:
     return decode_normalised(pipe.vae, inputs["hidden_states"][:, :velocity.shape[1]] - sigma * velocity)
 
 
+def scene_start(clip, ffgo: bool) -> int:
+    """The first image frame where position and content disagree: after the composite's transition, or the cut."""
+    return TRANSITION if ffgo else clip.cut_frame
+
+
 def later_frames(clip, latent_frames: int, ffgo: bool) -> list[int]:
-    """Latent frames whose image frames all show the scene where position and content disagree: after the cut,
-    or after the composite's transition."""
-    first = TRANSITION if ffgo else clip.cut_frame
-    return [t for t in range(1, latent_frames) if STRIDE * t - (STRIDE - 1) >= first]
+    """Latent frames whose image frames all show the scene where position and content disagree."""
+    return [t for t in range(1, latent_frames) if STRIDE * t - (STRIDE - 1) >= scene_start(clip, ffgo)]
 
 
 def derangement(n: int) -> np.ndarray | None:
@@ -138,8 +141,8 @@ def knockout_rows(pipe, clip, encoded: dict, composite, ffgo: bool, sigma: float
     target, control = knockout_keys(pipe, clip, inputs, composite)
     if not target.any():
         return None
-    # every 4th frame after frame 0 (composites: after the transition; cut clips: one or two come before the cut)
-    measured = [t for t in range(STRIDE, len(clip.frames), STRIDE) if t >= (TRANSITION if ffgo else 1)]
+    # every 4th frame that shows the scene where the sprites have left their first-frame places
+    measured = [t for t in range(STRIDE, len(clip.frames), STRIDE) if t >= scene_start(clip, ffgo)]
     others = range(1, len(clip.sprites))
 
     def measure(video):
