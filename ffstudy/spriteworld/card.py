@@ -219,7 +219,7 @@ of spread 1), and its measure, a sprite's colour pixels present anywhere in the 
 model's transformer learns from the posterior mean (`vae_point_posterior: true`), and every measure above is
 printed beside controls that noise and a frozen frame fail.
 
-### The weak part: the VAE
+### The weak parts: the VAE, and the transformer's capacity
 
 The VAE limits what every other number here can show: it reconstructs the muted scenes far better than the
 saturated sprites (PSNR over sprite pixels {e['vae_psnr_sprites_db']:.1f} dB against {e['vae_psnr_scene_db']:.1f} dB over scene
@@ -233,6 +233,13 @@ A sprite whose colour the VAE cannot bring back within the tolerance cannot be f
 it, and the VAE also rounds the points and corners of small sprites: in its round trips a star comes back closer to a
 disc than to a star in most clips (`recipes/spriteworld/shape_check.py`), so its "kept" share in the table above ({e['controls']['VAE round trip']['kept']:.0%}) is the ceiling
 for the generated videos, far below the 80% goal. A model that meets that goal needs a VAE that keeps shapes first.
+
+It also needs a transformer that learns the world's variety, not only the clips it was fitted to: at this size it
+keeps sprites as objects when fitted to a few dozen clips, and neither more steps nor twice the width, trained for
+about an hour on all 500 clips, keeps unseen ones (`recipes/spriteworld/README.md`, "Can this transformer make
+sprites at all?" and the section after it). Within the recipe's 2 hours on a 2-core CPU neither part was reached;
+`vae_spatial_compression: 4` with `transformer_patch: 4`, and a wider transformer (`heads`, `ffn_dim`), are the
+recipe's settings for a run with more compute.
 """
 
 
