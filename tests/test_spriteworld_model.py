@@ -370,6 +370,6 @@ def test_the_stage_scripts_vary_the_recipe_in_this_repository(monkeypatch):
     import importlib
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "recipes" / "spriteworld"))  # as run
-    for name in ("decoder_stage", "transformer_stage", "vae_stage"):
+    for name in ("decoder_capacity", "decoder_stage", "transformer_stage", "vae_stage"):
         repo = importlib.import_module(name).REPO
         assert (repo / "configs" / "spriteworld-pretrain.yaml").is_file(), name

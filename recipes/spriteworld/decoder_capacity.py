@@ -38,6 +38,8 @@ from ffstudy.spriteworld.pretrain import (EVAL_SEED0, TRAIN_SEED0, PretrainConfi
                                           reconstruction_loss)
 from ffstudy.spriteworld.world import WorldConfig, generate_clip
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 @torch.no_grad()
 def frame_latents(vae, clips: list) -> torch.Tensor:
@@ -114,7 +116,7 @@ def main() -> None:
     parser.add_argument("--record", help="also write the results here (JSON)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    recipe = PretrainConfig.from_file(Path(__file__).resolve().parents[2] / "configs/spriteworld-pretrain.yaml")
+    recipe = PretrainConfig.from_file(REPO / "configs/spriteworld-pretrain.yaml")
     shipped = load_pipeline("spriteworld").vae
     world = WorldConfig()
     train_clips = [generate_clip(TRAIN_SEED0 + i, world) for i in range(args.train_clips)]
