@@ -161,8 +161,9 @@ def levels(a, b):
 
 
 print("ffstudy load_lora vs diffusers load_lora_weights: identical =", np.array_equal(reloaded.frames, diffusers_video.frames))
-print("reloaded vs the training pipeline: largest pixel difference", levels(reloaded, trained), "of 255")
-print("with vs without the LoRA: largest pixel difference", levels(reloaded, base), "of 255")
+# Reloading changes the arithmetic's order, so a pixel may round one level apart; on some CPUs none does.
+print("reloaded vs the training pipeline: within 2 of 255 levels everywhere =", levels(reloaded, trained) <= 2)
+print("with vs without the LoRA: largest pixel difference, to the nearest 10:", round(levels(reloaded, base), -1), "of 255")
 print(clip.caption)
 for name, video in (("base model", base), ("FFGo LoRA", trained)):  # SpriteWorld's ground truth says what happened
     scores = measure(video.frames, clip)
