@@ -74,6 +74,12 @@ def scene_start(clip, ffgo: bool) -> int:
     return TRANSITION if ffgo else clip.cut_frame
 
 
+def knockout_frames(clip, ffgo: bool) -> list[int]:
+    """The image frames a knock-out is scored on: every 4th one that shows the scene where the sprites have left
+    their first-frame places."""
+    return [t for t in range(STRIDE, len(clip.frames), STRIDE) if t >= scene_start(clip, ffgo)]
+
+
 def later_frames(clip, latent_frames: int, ffgo: bool) -> list[int]:
     """Latent frames whose image frames all show the scene where position and content disagree."""
     return [t for t in range(1, latent_frames) if STRIDE * t - (STRIDE - 1) >= scene_start(clip, ffgo)]
@@ -141,8 +147,7 @@ def knockout_rows(pipe, clip, encoded: dict, composite, ffgo: bool, sigma: float
     target, control = knockout_keys(pipe, clip, inputs, composite)
     if not target.any():
         return None
-    # every 4th frame that shows the scene where the sprites have left their first-frame places
-    measured = [t for t in range(STRIDE, len(clip.frames), STRIDE) if t >= scene_start(clip, ffgo)]
+    measured = knockout_frames(clip, ffgo)
     others = range(1, len(clip.sprites))
 
     def measure(video):
